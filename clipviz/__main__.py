@@ -1,0 +1,175 @@
+"""The CLI: `python -m clipviz run ...` (and `sweep ...`). Bad input: one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from .config import PRESETS, ClipSpec, ConfigError, DataSpec, RunSpec, validate_runs, with_clips
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, instead of argparse's usage dump
+        self.exit(2, f"clipviz: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return v
+
+
+def _finite_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"{text!r} is not finite")
+    return v
+
+
+def _add_setup_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="tutorial", choices=sorted(PRESETS), help="starting setup (default: tutorial)")
+    p.add_argument("--epochs", type=_positive_int, help="epochs (tutorial: 100)")
+    p.add_argument("--seed", type=int, default=None, help="first seed: initial weights and minibatch order")
+    p.add_argument("--seeds", type=_positive_int, default=1, help="train each setup for this many seeds")
+    p.add_argument("--lr", type=_finite_float, help="learning rate (tutorial: 0.01)")
+    p.add_argument("--momentum", type=_finite_float, help="SGD momentum (tutorial: 0.9)")
+    p.add_argument("--optimizer", choices=["sgd", "adam", "rmsprop"], help="optimizer (tutorial: sgd)")
+    p.add_argument("--batch-size", type=_positive_int, help="minibatch size (tutorial: 32)")
+    p.add_argument("--scale-x", action="store_true", help="standardise the inputs")
+    p.add_argument("--scale-y", action="store_true", help="standardise the target (the textbook fix)")
+    p.add_argument("--data-csv", metavar="PATH", help="train on your own CSV (numeric columns)")
+    p.add_argument("--target", help="target column of --data-csv (default: the last column)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train (default: auto)")
+    p.add_argument("--out", metavar="JSON", help="write every record to this JSON file")
+    p.add_argument("--csv", metavar="CSV", help="also write a tidy CSV (one row per run per epoch)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def base_spec(args: argparse.Namespace) -> RunSpec:
+    """The preset with the command line's overrides applied (no clip yet)."""
+    spec = PRESETS[args.preset]
+    o = spec.optim
+    o = replace(
+        o,
+        epochs=args.epochs or o.epochs,
+        lr=o.lr if args.lr is None else args.lr,
+        momentum=o.momentum if args.momentum is None else args.momentum,
+        name=args.optimizer or o.name,
+        batch_size=args.batch_size or o.batch_size,
+    )
+    d = replace(spec.data, scale_x=spec.data.scale_x or args.scale_x, scale_y=spec.data.scale_y or args.scale_y)
+    if args.data_csv:
+        d = DataSpec(name="csv", csv_path=args.data_csv, target=args.target, scale_x=args.scale_x, scale_y=args.scale_y)
+    return replace(spec, data=d, optim=o, seed=spec.seed if args.seed is None else args.seed)
+
+
+def _progress(done: int, total: int, t0: float, quiet: bool) -> None:
+    if quiet:
+        return
+    width = 30
+    fill = int(width * done / max(total, 1))
+    sys.stderr.write(f"\r[{'#' * fill}{'.' * (width - fill)}] epoch {done}/{total}  {time.perf_counter() - t0:5.1f}s")
+    sys.stderr.flush()
+    if done >= total:
+        sys.stderr.write("\n")
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}" if math.isfinite(x) else str(x)
+
+
+def summary_table(results) -> str:
+    rows = [("run", "train MSE", "val MSE", "result")]
+    for r in results:
+        last = r.final
+        if last is None:
+            rows.append((r.label, "-", "-", "no epochs"))
+            continue
+        d = r.diverged
+        status = f"diverged at epoch {d[0]}, step {d[1]}" if d else f"trained {last.epoch} epochs"
+        rows.append((r.label, _fmt(last.train_loss), _fmt(last.val_loss), status))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def write_outputs(results, args: argparse.Namespace, to_json, to_frame) -> None:
+    if args.out:
+        Path(args.out).write_text(to_json(results))
+        print(f"wrote {args.out}")
+    if args.csv:
+        to_frame(results).to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .engine import Engine
+    from .records import dumps, group_records, to_frame
+
+    clips = [ClipSpec.parse(c) for c in (args.clip or ["none", "value:5", "norm:1"])]
+    base = base_spec(args)
+    seeds = tuple(range(base.seed, base.seed + args.seeds))
+    runs = with_clips(base, clips, seeds)
+    validate_runs(runs)
+    engine = Engine(runs, device=args.device)
+    print(f"training {len(runs)} runs on {engine.device}: {', '.join(r.name for r in runs)}", file=sys.stderr)
+    records, t0 = [], time.perf_counter()
+    for rec in engine:
+        records.append(rec)
+        _progress(rec.epoch, engine.epochs, t0, args.quiet)
+    _progress(engine.epochs, engine.epochs, t0, args.quiet or engine.epoch >= engine.epochs)
+    results = group_records(runs, records)
+    print(summary_table(results))
+    write_outputs(results, args, dumps, to_frame)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m clipviz", description="Train and compare gradient-clipping strategies.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="train K setups side by side", description="Train K setups side by side.")
+    run.add_argument(
+        "--clip",
+        action="append",
+        metavar="STRATEGY[:T]",
+        help="none, value:5, norm:1, tensor-norm:1, agc:0.01, autoclip:10, zclip:2.5 (repeat; default: the tutorial's three)",
+    )
+    _add_setup_flags(run)
+    run.set_defaults(func=cmd_run)
+    try:
+        from .sweep import add_sweep_parser
+    except ImportError:  # the sweep subcommand lives in its own module
+        pass
+    else:
+        add_sweep_parser(sub, _add_setup_flags)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"clipviz: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"clipviz: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nclipviz: stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""What training produces: one EpochRecord per run per epoch, as plain data.
+
+Also the fixed histogram bins (so histograms compare across runs and epochs) and
+conversion to pandas and to JSON. NaN and inf are data here: JSON has no token for
+them, so a non-finite float is written as the string "nan", "inf" or "-inf", and each
+epoch lists the fields that held one under "nonfinite". Loading reverses both.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .config import ConfigError, RunSpec
+
+SCHEMA_VERSION = 1
+# gradient-norm histograms: quarter-decade bins from 1e-4 to 1e8; plus below, above, non-finite
+NORM_EDGES = np.logspace(-4, 8, 49)
+# gradient element values: symmetric log bins, 4 per decade, |v| from 1e-4 to 1e4, zero bin in the middle.
+# counts have len(VALUE_EDGES)+2 entries: [< first edge (incl. -inf), bins..., >= last edge (incl. +inf), NaN]
+_POS = np.logspace(-4, 4, 33)
+VALUE_EDGES = np.concatenate([-_POS[::-1], _POS])
+
+
+@dataclass
+class EpochRecord:
+    run: int  # index of the run within its job
+    label: str  # legend name, e.g. "value:5"
+    epoch: int  # 1-based
+    train_loss: float  # mean of this epoch's step losses (up to divergence); nan/inf kept
+    val_loss: float  # validation loss after the epoch
+    grad_norm_pre: list[float]  # global gradient L2 norm before clipping, one per step
+    grad_norm_post: list[float]  # ... after clipping
+    layer_norms: dict[str, float]  # per parameter tensor: mean pre-clip norm over the epoch's steps
+    clip_rate: float  # fraction of steps the clip changed the gradient
+    elem_clip_frac: float  # mean fraction of gradient elements the clip changed
+    value_hist_pre: list[int] = field(default_factory=list)  # counts on VALUE_EDGES, all steps, before clipping
+    value_hist_post: list[int] = field(default_factory=list)  # ... after clipping
+    wall_time: float = 0.0  # seconds since the job started
+    diverged: tuple[int, int] | None = None  # (epoch, step) of the run's first non-finite loss or norm
+
+    def to_json_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        bad = sorted(k for k, v in d.items() if _has_nonfinite(v))
+        d = {k: _encode(v) for k, v in d.items()}
+        d["diverged"] = None if self.diverged is None else {"epoch": self.diverged[0], "step": self.diverged[1]}
+        d["nonfinite"] = bad
+        return d
+
+    @classmethod
+    def from_json_dict(cls, d: dict[str, Any]) -> EpochRecord:
+        names = {f.name for f in fields(cls)}
+        kw = {k: _decode(v) for k, v in d.items() if k in names}
+        div = d.get("diverged")
+        kw["diverged"] = None if not div else (int(div["epoch"]), int(div["step"]))
+        return cls(**kw)
+
+
+def _has_nonfinite(v: Any) -> bool:
+    if isinstance(v, float):
+        return not math.isfinite(v)
+    if isinstance(v, dict):
+        return any(_has_nonfinite(x) for x in v.values())
+    if isinstance(v, (list, tuple)):
+        return any(_has_nonfinite(x) for x in v)
+    return False
+
+
+def _encode(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if isinstance(v, dict):
+        return {k: _encode(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_encode(x) for x in v]
+    return v
+
+
+_SPECIAL = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _decode(v: Any) -> Any:
+    if isinstance(v, str) and v in _SPECIAL:
+        return _SPECIAL[v]
+    if isinstance(v, dict):
+        return {k: _decode(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_decode(x) for x in v]
+    return v
+
+
+@dataclass
+class RunResult:
+    """One run's spec and all its records so far."""
+
+    spec: RunSpec
+    records: list[EpochRecord] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.spec.name
+
+    @property
+    def diverged(self) -> tuple[int, int] | None:
+        return next((r.diverged for r in self.records if r.diverged), None)
+
+    @property
+    def final(self) -> EpochRecord | None:
+        return self.records[-1] if self.records else None
+
+
+def group_records(specs: list[RunSpec], records: list[EpochRecord]) -> list[RunResult]:
+    results = [RunResult(s) for s in specs]
+    for r in records:
+        results[r.run].records.append(r)
+    return results
+
+
+def norm_histogram(values: list[float] | np.ndarray) -> dict[str, Any]:
+    """Counts of gradient norms on NORM_EDGES: {"counts", "below", "above", "nonfinite"}."""
+    v = np.asarray(values, dtype=float)
+    finite = v[np.isfinite(v)]
+    counts, _ = np.histogram(finite, bins=NORM_EDGES)
+    return {
+        "counts": counts.tolist(),
+        "below": int((finite < NORM_EDGES[0]).sum()),
+        "above": int((finite > NORM_EDGES[-1]).sum()),
+        "nonfinite": int((~np.isfinite(v)).sum()),
+    }
+
+
+def to_json(results: list[RunResult]) -> dict[str, Any]:
+    """The documented JSON document (README: 'JSON schema')."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "runs": [
+            {
+                "label": r.label,
+                "spec": r.spec.to_dict(),
+                "diverged": None if r.diverged is None else {"epoch": r.diverged[0], "step": r.diverged[1]},
+                "epochs": [rec.to_json_dict() for rec in r.records],
+            }
+            for r in results
+        ],
+    }
+
+
+def dumps(results: list[RunResult]) -> str:
+    # allow_nan=False: proves the document is strict JSON that any reader accepts
+    return json.dumps(to_json(results), allow_nan=False)
+
+
+def loads(text: str | bytes) -> list[RunResult]:
+    """Parse a clipviz JSON document; malformed input is a ConfigError, never a traceback."""
+    try:
+        doc = json.loads(text)
+        if not isinstance(doc, dict) or not isinstance(doc.get("runs"), list):
+            raise ConfigError("not a clipviz results file: no 'runs' list at the top level")
+        out = []
+        for run in doc["runs"]:
+            res = RunResult(RunSpec.from_dict(run["spec"]))
+            res.records = [EpochRecord.from_json_dict(e) for e in run["epochs"]]
+            out.append(res)
+        return out
+    except ConfigError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"not a valid clipviz results file: {type(exc).__name__}: {exc}") from exc
+
+
+def to_frame(results: list[RunResult]) -> pd.DataFrame:
+    """Tidy table, one row per run per epoch, scalar columns only (NaN/inf kept, plus *_finite flags)."""
+    rows = []
+    for i, res in enumerate(results):
+        for r in res.records:
+            pre = np.asarray(r.grad_norm_pre, dtype=float)
+            rows.append(
+                {
+                    "run": i,
+                    "label": res.label,
+                    "strategy": res.spec.clip.strategy,
+                    "threshold": res.spec.clip.threshold,
+                    "lr": res.spec.optim.lr,
+                    "seed": res.spec.seed,
+                    "epoch": r.epoch,
+                    "train_loss": r.train_loss,
+                    "val_loss": r.val_loss,
+                    "grad_norm_pre_median": float(np.median(pre)) if pre.size else math.nan,
+                    "grad_norm_pre_max": float(pre.max()) if pre.size else math.nan,
+                    "grad_norm_post_median": float(np.median(r.grad_norm_post)) if r.grad_norm_post else math.nan,
+                    "clip_rate": r.clip_rate,
+                    "elem_clip_frac": r.elem_clip_frac,
+                    **{f"norm[{k}]": v for k, v in r.layer_norms.items()},
+                    "wall_time": r.wall_time,
+                    "diverged_epoch": r.diverged[0] if r.diverged else None,
+                    "diverged_step": r.diverged[1] if r.diverged else None,
+                }
+            )
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        df["train_loss_finite"] = np.isfinite(df["train_loss"].astype(float))
+        df["val_loss_finite"] = np.isfinite(df["val_loss"].astype(float))
+    return df

@@ -1,0 +1,193 @@
+"""The lockstep engine: the tutorial story, the reference oracle, fairness and repeatability."""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import replace
+from statistics import median
+
+import numpy as np
+import pytest
+import torch
+
+from clipviz.config import PRESETS, TUTORIAL, TUTORIAL_CLIPS, ClipSpec, ConfigError, ModelSpec, OptimSpec, with_clips
+from clipviz.data import load_dataset
+from clipviz.engine import Engine, train
+from clipviz.records import VALUE_EDGES
+from clipviz.reference import train_reference
+
+
+def _epochs(spec, n):
+    return replace(spec, optim=replace(spec.optim, epochs=n))
+
+
+@pytest.fixture(scope="module")
+def tutorial_story():
+    """The article's three runs for seeds 1-5: 15 runs in one lockstep job, 100 epochs."""
+    runs = with_clips(TUTORIAL, TUTORIAL_CLIPS, seeds=(1, 2, 3, 4, 5))
+    return train(runs, device="cpu")
+
+
+def _by_strategy(results, strategy):
+    return [r for r in results if r.spec.clip.strategy == strategy]
+
+
+def test_no_clipping_explodes_in_epoch_one(tutorial_story):
+    for r in _by_strategy(tutorial_story, "none"):
+        assert r.diverged is not None and r.diverged[0] == 1, r.label
+        assert 2 <= r.diverged[1] <= 16  # measured: around step 8-10 of 16
+        assert len(r.records) == 1
+        last = r.records[-1]
+        assert not math.isfinite(last.train_loss) or not all(map(math.isfinite, last.grad_norm_pre))
+
+
+@pytest.mark.parametrize("strategy", ["value", "norm"])
+def test_clipping_trains_the_tutorial(tutorial_story, strategy):
+    runs = _by_strategy(tutorial_story, strategy)
+    assert len(runs) == 5
+    finals = []
+    for r in runs:
+        assert r.diverged is None, r.label
+        assert len(r.records) == 100
+        assert all(math.isfinite(e.train_loss) and math.isfinite(e.val_loss) for e in r.records)
+        finals.append(r.final.val_loss)
+    # the target's variance is ~23,000; the article reports 10.0 (value) and 27.4 (norm)
+    assert max(finals) < 500, finals
+    assert median(finals) < 100, finals
+
+
+def test_records_show_what_the_clips_did(tutorial_story):
+    norm_runs = _by_strategy(tutorial_story, "norm")
+    rate = np.mean([e.clip_rate for r in norm_runs for e in r.records])
+    pre = np.median([v for r in norm_runs for e in r.records for v in e.grad_norm_pre])
+    post = max(v for r in norm_runs for e in r.records for v in e.grad_norm_post)
+    assert rate > 0.95  # global norm 1 fires on nearly every step...
+    assert pre > 50  # ...because the pre-clip norm sits far above it
+    assert post <= 1.0 + 1e-5
+    value_runs = _by_strategy(tutorial_story, "value")
+    frac = np.mean([e.elem_clip_frac for r in value_runs for e in r.records])
+    assert 0.01 < frac < 0.5  # value clipping trims a minority of elements
+    lo, hi = VALUE_EDGES[:-1], VALUE_EDGES[1:]
+    outside = (lo > 5) | (hi <= -5)  # bins wholly beyond +-5
+    for r in value_runs:
+        post = np.asarray(r.records[-1].value_hist_post)  # [below, bins..., above, NaN]
+        assert post[1:-2][outside].sum() == 0 and post[0] == post[-2] == post[-1] == 0
+        pre = np.asarray(r.records[0].value_hist_pre)
+        assert pre[1:-2][outside].sum() > 0  # ...while the raw gradient did reach past them
+
+
+ORACLE_CASES = [
+    ("tutorial", "value:5", "sgd"),
+    ("tutorial", "norm:1", "sgd"),
+    ("tutorial-scaled", "none", "sgd"),
+    ("tutorial", "tensor-norm:1", "sgd"),
+    ("tutorial", "agc:0.01", "sgd"),
+    ("tutorial-scaled", "autoclip:10", "sgd"),
+    ("tutorial-scaled", "zclip:2.5", "sgd"),
+    ("tutorial-scaled", "norm:1", "adam"),
+    ("tutorial-scaled", "value:0.5", "rmsprop"),
+    ("adding-rnn", "norm:1", "sgd"),
+]
+
+
+@pytest.mark.parametrize("preset,clip,opt", ORACLE_CASES)
+def test_batched_run_equals_plain_torch_loop(preset, clip, opt):
+    """Reference oracle: nn.Module + torch.optim + torch.nn.utils.clip_grad_* on the same seed."""
+    base = PRESETS[preset]
+    if preset == "adding-rnn":
+        # the preset is built to explode (init x3, lr 0.05): chaos would amplify rounding; use a tame copy
+        base = replace(base, data=replace(base.data, n_samples=256, seq_len=10), model=replace(base.model, init_scale=1.0))
+        base = replace(base, optim=replace(base.optim, lr=0.01))
+    base = replace(base, optim=replace(base.optim, name=opt, epochs=3, lr=0.001 if opt != "sgd" else base.optim.lr))
+    clip = ClipSpec.parse(clip)
+    # run it beside two other setups so batching, grouping and the per-run lr are exercised
+    runs = with_clips(base, [ClipSpec("value", 1.0), clip, ClipSpec("norm", 3.0)])
+    runs[2] = replace(runs[2], optim=replace(runs[2].optim, lr=base.optim.lr / 2))
+    ds = load_dataset(base.data)
+    got = train(runs, device="cpu", dataset=ds)[1]
+    ref = train_reference(runs[1], dataset=ds)
+    assert got.diverged is None
+    np.testing.assert_allclose([e.train_loss for e in got.records], ref.train_loss, rtol=2e-5)
+    np.testing.assert_allclose([e.val_loss for e in got.records], ref.val_loss, rtol=2e-5)
+    pre = [v for e in got.records for v in e.grad_norm_pre]
+    np.testing.assert_allclose(pre, ref.grad_norm_pre, rtol=2e-5)
+
+
+def test_first_epoch_matches_reference_to_1e6():
+    """Before chaos amplifies rounding, the batched value/norm runs agree with torch to ~1e-6."""
+    ds = load_dataset(TUTORIAL.data)
+    runs = with_clips(_epochs(TUTORIAL, 1), [ClipSpec("value", 5.0), ClipSpec("norm", 1.0)])
+    got = train(runs, device="cpu", dataset=ds)
+    for res, spec in zip(got, runs):
+        ref = train_reference(spec, dataset=ds)
+        np.testing.assert_allclose(res.records[0].grad_norm_pre, ref.grad_norm_pre, rtol=1e-6)
+        np.testing.assert_allclose(res.records[0].val_loss, ref.val_loss[0], rtol=1e-6)
+
+
+def test_runs_start_identical_and_share_minibatch_order():
+    runs = with_clips(_epochs(TUTORIAL, 2), [ClipSpec("value", 5.0), ClipSpec("norm", 1.0), ClipSpec("value", 5.0)])
+    eng = Engine(runs, device="cpu")
+    for p in eng.params:
+        assert torch.equal(p[0], p[1]) and torch.equal(p[0], p[2])
+    res = list(eng)
+    a, c = [r for r in res if r.run == 0], [r for r in res if r.run == 2]
+    # same init + same order + same clip -> bit-identical, although a different run sat between them
+    assert [r.grad_norm_pre for r in a] == [r.grad_norm_pre for r in c]
+    # a different seed gives different weights
+    eng2 = Engine(with_clips(_epochs(TUTORIAL, 1), [ClipSpec("value", 5.0)], seeds=(1, 2)), device="cpu")
+    assert not torch.equal(eng2.params[0][0], eng2.params[0][1])
+
+
+def test_same_seed_is_bit_for_bit_repeatable():
+    runs = with_clips(_epochs(TUTORIAL, 3), TUTORIAL_CLIPS, seeds=(3, 4))
+    a, b = train(runs, device="cpu"), train(runs, device="cpu")
+    for x, y in zip(a, b):
+        for r in x.records + y.records:
+            r.wall_time = 0.0  # the one field that may differ
+        assert [r.to_json_dict() for r in x.records] == [r.to_json_dict() for r in y.records]
+
+
+def test_diverged_run_freezes_and_others_are_unaffected():
+    base = _epochs(TUTORIAL, 3)
+    alone = train(with_clips(base, [ClipSpec("norm", 1.0)]), device="cpu")[0]
+    beside = train(with_clips(base, [ClipSpec("none"), ClipSpec("norm", 1.0)]), device="cpu")
+    assert beside[0].diverged is not None and len(beside[0].records) == 1
+    np.testing.assert_allclose(
+        [e.val_loss for e in beside[1].records], [e.val_loss for e in alone.records], rtol=1e-6
+    )
+
+
+def test_stop_event_ends_between_epochs():
+    stop = threading.Event()
+    eng = Engine(with_clips(_epochs(TUTORIAL, 50), [ClipSpec("norm", 1.0)]), device="cpu", stop=stop)
+    seen = []
+    for rec in eng:
+        seen.append(rec.epoch)
+        if rec.epoch == 2:
+            stop.set()
+    assert seen == [1, 2]
+
+
+def test_recording_off_gives_same_losses():
+    runs = with_clips(_epochs(TUTORIAL, 2), TUTORIAL_CLIPS)
+    on, off = train(runs, device="cpu"), train(runs, device="cpu", record=False)
+    for a, b in zip(on, off):
+        assert [e.val_loss for e in a.records] == [e.val_loss for e in b.records]
+        assert a.diverged == b.diverged
+
+
+def test_deep_narrow_net_explodes_without_clipping_and_trains_with_it():
+    res = train(with_clips(PRESETS["deep-mlp"], [ClipSpec("none"), ClipSpec("norm", 1.0)]), device="cpu")
+    assert res[0].diverged is not None
+    assert res[1].diverged is None and math.isfinite(res[1].final.val_loss)
+
+
+def test_engine_rejects_bad_setups():
+    with pytest.raises(ConfigError, match="share"):
+        Engine([TUTORIAL, replace(TUTORIAL, model=ModelSpec(width=8))], device="cpu")
+    with pytest.raises(ConfigError, match="learning rate"):
+        Engine([replace(TUTORIAL, optim=OptimSpec(lr=-1.0))], device="cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA"):
+            Engine([TUTORIAL], device="cuda")
