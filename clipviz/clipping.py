@@ -27,9 +27,8 @@ the applied factors (exact in real arithmetic); value clipping measures it again
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -52,135 +51,101 @@ class ClipStats(NamedTuple):
     frac_elements: Tensor  # [K] float32: fraction of gradient elements whose value the clip changed
 
 
-Clipper = Callable[[list[Tensor], list[Tensor]], ClipStats]
+# ---- layout: one run's tensors side by side in a flat [K, P] buffer ------------------------------
+class Layout:
+    """Where each of a run's parameter tensors sits in a flat [K, P] buffer.
 
+    Every rule works on the flat buffer: elementwise work is one op over all K runs and all
+    tensors, and per-tensor / per-unit norms are segment sums (index_add_). On these tiny models
+    the per-op overhead dominates, so this is what makes a K-run step cost about one run's step.
+    """
 
-# ---- helpers -----------------------------------------------------------------------------------
-def _norms64(grads: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """(per-tensor [K, L], global [K]) L2 norms in float64."""
-    tn = torch.stack([torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1, dtype=_F64) for g in grads], 1)
-    return tn, torch.linalg.vector_norm(tn, dim=1)
+    def __init__(self, shapes: Sequence[Sequence[int]], device: torch.device | str = "cpu"):
+        self.shapes = tuple(tuple(int(d) for d in s) for s in shapes)
+        self.sizes = [math.prod(s) for s in self.shapes]
+        self.numel = sum(self.sizes)  # P
+        n = len(self.shapes)
+        # units (AGC): rows of a >=2-D tensor (weight [out, in]); a 1-D or scalar tensor is one unit (NFNets)
+        unit_sizes = []
+        for s, size in zip(self.shapes, self.sizes, strict=True):
+            rows = s[0] if len(s) >= 2 else 1
+            unit_sizes += [size // max(rows, 1)] * rows
+        self.n_tensors, self.n_units = n, len(unit_sizes)
+        self.seg = torch.repeat_interleave(torch.arange(n), torch.tensor(self.sizes)).to(device)  # [P]
+        self.unit = torch.repeat_interleave(torch.arange(self.n_units), torch.tensor(unit_sizes)).to(device)  # [P]
+        total = max(self.numel, 1)
+        self.tensor_share = torch.tensor(self.sizes, dtype=_F64, device=device) / total  # [L]
+        self.unit_share = torch.tensor(unit_sizes, dtype=_F64, device=device) / total  # [U]
+        self.rows = [s[0] if len(s) >= 2 else 1 for s in self.shapes]  # units per tensor
+
+    def split(self, flat: Tensor) -> list[Tensor]:
+        """[K, P] -> views [K, *shape] per tensor (writes go through to flat)."""
+        k = flat.shape[0]
+        return [t.view(k, *s) for t, s in zip(flat.split(self.sizes, 1), self.shapes, strict=True)]
+
+    def flatten(self, tensors: Sequence[Tensor]) -> Tensor:
+        """Per-tensor [K, ...] -> a new flat [K, P] tensor."""
+        return torch.cat([t.reshape(t.shape[0], -1) for t in tensors], 1)
+
+    def segment_sums(self, x: Tensor, units: bool = False) -> Tensor:
+        """[K, P] -> [K, L] per-tensor sums (or [K, U] per-unit sums) over views of x.
+
+        Not index_add_ (measured ~6x slower here at K=48) and not x @ onehot (inf * 0 = NaN would leak
+        one tensor's overflow into every other tensor's norm).
+        """
+        parts = x.split(self.sizes, 1)
+        if not units:
+            return torch.stack([p.sum(1) for p in parts], 1)
+        return torch.cat([p.reshape(p.shape[0], r, -1).sum(2) for p, r in zip(parts, self.rows, strict=True)], 1)
 
 
 def global_norms(grads: list[Tensor]) -> tuple[Tensor, Tensor]:
     """(global [K], per-tensor [K, L]) float32 L2 norms, accumulated in float64 so they do not overflow."""
-    tn, gn = _norms64(grads)
-    return gn.float(), tn.float()
+    tn = torch.stack([torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1, dtype=_F64) for g in grads], 1)
+    return torch.linalg.vector_norm(tn, dim=1).float(), tn.float()
 
 
-def _bcast(v: Tensor, g: Tensor) -> Tensor:
-    """[K] or [K, U] factor -> broadcastable against g [K, ...]."""
-    return v.reshape(v.shape + (1,) * (g.ndim - v.ndim))
+# ---- the rules, each on the flat buffer: a factor per run / tensor / unit, or a clamp ------------
+# Each takes the measured float64 norms and returns (factor, hit): hit marks what the rule changed.
+def clip_by_value(g: Tensor, c: Tensor) -> Tensor:
+    """g_j <- clamp(g_j, -c, c) elementwise, one c per run ([K, 1], inf = off); returns elements changed [K].
 
-
-def _numel(grads: list[Tensor]) -> int:
-    return sum(g[0].numel() for g in grads) if grads else 0  # elements per run (shapes only: no sync)
-
-
-@functools.lru_cache(maxsize=64)
-def _weights(shapes: tuple[tuple[int, ...], ...], units: bool, device: torch.device) -> Tensor:
-    """Each tensor's (units=False) or unit's (units=True) share of a run's elements, cached: built once per shape."""
-    total = max(sum(math.prod(s) for s in shapes), 1)
-    w = [[math.prod(s) / s[0]] * s[0] if units and len(s) >= 2 else [math.prod(s)] for s in shapes]
-    return torch.tensor([x / total for ws in w for x in ws], dtype=torch.float32, device=device)
-
-
-def _shapes(grads: list[Tensor]) -> tuple[tuple[int, ...], ...]:
-    return tuple(tuple(g.shape[1:]) for g in grads)
-
-
-def _stats(tn: Tensor, gn: Tensor, post: Tensor, clipped: Tensor, frac: Tensor) -> ClipStats:
-    return ClipStats(gn.float(), tn.float(), post.float(), clipped, frac.float())
-
-
-def _scale_global(grads: list[Tensor], tn: Tensor, gn: Tensor, max_norm: Tensor) -> ClipStats:
-    """Scale every tensor of run k by min(1, max_norm_k / (norm_k + 1e-6)), torch's formula; keep non-finite runs."""
-    # per-run thresholds, so torch.nn.utils.clip_grad_norm_ (one float) cannot be called here
-    coef = torch.where(torch.isfinite(gn), (max_norm / (gn + EPS)).clamp(max=1.0), 1.0).float()  # [K]
-    torch._foreach_mul_(grads, [_bcast(coef, g) for g in grads])  # one dispatch for all tensors
-    clipped = coef < 1.0
-    return _stats(tn, gn, gn * coef, clipped, clipped)
-
-
-# ---- the strategies ----------------------------------------------------------------------------
-@torch.no_grad()
-def clip_none(grads: list[Tensor], params: list[Tensor], thresholds: Tensor) -> ClipStats:
-    """No clipping; still measures the norms."""
-    tn, gn = _norms64(grads)
-    no = torch.zeros_like(gn, dtype=torch.bool)
-    return _stats(tn, gn, gn, no, no)
-
-
-@torch.no_grad()
-def clip_by_value(grads: list[Tensor], params: list[Tensor], thresholds: Tensor) -> ClipStats:
-    """g_j <- clamp(g_j, -c, c) elementwise, one c per run.
-
+    Non-finite: +-inf become +-c and NaN stays NaN (torch.clamp), so NaN does not count as clipped.
     References: Mikolov (2012), PhD thesis; `torch.nn.utils.clip_grad_value_`, Keras `clipvalue`.
     """
-    tn, gn = _norms64(grads)
-    n_out = sum((g.abs() > _bcast(thresholds.to(g.dtype), g)).reshape(g.shape[0], -1).sum(1) for g in grads)  # [K]
-    for g in grads:  # tensor bounds because c differs per run (clip_grad_value_ takes one float)
-        c = _bcast(thresholds.to(g.dtype), g)
-        g.clamp_(min=-c, max=c)
-    _, post = _norms64(grads)
-    return _stats(tn, gn, post, n_out > 0, n_out / max(_numel(grads), 1))
+    n_out = (g.abs() > c).sum(1)  # [K]
+    g.clamp_(min=-c, max=c)  # tensor bounds: c differs per run, clip_grad_value_ takes one float
+    return n_out
 
 
-@torch.no_grad()
-def clip_by_global_norm(grads: list[Tensor], params: list[Tensor], thresholds: Tensor) -> ClipStats:
-    """g <- g * min(1, c / (||g||_2 + 1e-6)), one norm over all tensors of a run.
+def global_norm_factor(gn: Tensor, c: Tensor) -> Tensor:
+    """min(1, c / (||g||_2 + 1e-6)) per run [K]; 1 where the norm is non-finite (never zero an update).
 
     References: Pascanu, Mikolov & Bengio (2013), On the difficulty of training recurrent neural networks;
     `torch.nn.utils.clip_grad_norm_` (same formula and epsilon), Keras `global_clipnorm`.
     """
-    tn, gn = _norms64(grads)
-    return _scale_global(grads, tn, gn, thresholds.to(_F64))
+    return torch.where(torch.isfinite(gn), (c / (gn + EPS)).clamp(max=1.0), 1.0)
 
 
-@torch.no_grad()
-def clip_by_tensor_norm(grads: list[Tensor], params: list[Tensor], thresholds: Tensor) -> ClipStats:
-    """g_l <- g_l * c / max(||g_l||_2, c) for each tensor l on its own (no epsilon: a zero tensor stays zero).
+def tensor_norm_factor(tn: Tensor, c: Tensor) -> Tensor:
+    """c / max(||g_l||_2, c) per tensor [K, L] (no epsilon: a zero tensor stays zero); 1 where non-finite.
 
     References: Keras 3 `clipnorm` (`clip_by_norm` in keras/src/optimizers/base_optimizer.py), `tf.clip_by_norm`.
     """
-    tn, gn = _norms64(grads)
-    c = thresholds.to(_F64).unsqueeze(1)  # [K, 1]
-    coef = torch.where(torch.isfinite(tn), c / torch.maximum(tn, c), 1.0).float()  # [K, L]
-    torch._foreach_mul_(grads, [_bcast(coef[:, i], g) for i, g in enumerate(grads)])
-    hit = coef < 1.0
-    frac = (hit.float() * _weights(_shapes(grads), False, coef.device)).sum(1)
-    return _stats(tn, gn, torch.linalg.vector_norm(tn * coef, dim=1), hit.any(1), frac)
+    return torch.where(torch.isfinite(tn), c / torch.maximum(tn, c), 1.0)
 
 
-def _units(x: Tensor) -> Tensor:
-    """[K, U, n] view: rows of a >=2-D-per-run tensor are units; a 1-D-per-run tensor is one unit (NFNets)."""
-    return x.reshape(x.shape[0], x.shape[1], -1) if x.ndim >= 3 else x.reshape(x.shape[0], 1, -1)
+def agc_factor(gu: Tensor, wu: Tensor, lam: Tensor, eps: float = 1e-3) -> Tensor:
+    """Unit-wise: m_i = lambda * max(||W_i||, eps); factor m_i / max(||G_i||, 1e-6) where ||G_i|| > m_i, else 1.
 
-
-@torch.no_grad()
-def adaptive_grad_clip(grads: list[Tensor], params: list[Tensor], thresholds: Tensor, eps: float = 1e-3) -> ClipStats:
-    """Unit-wise: m_i = lambda * max(||W_i||, eps); if ||G_i|| > m_i then G_i <- G_i * m_i / max(||G_i||, 1e-6).
-
-    A unit is a row of a PyTorch weight `[out, in]` (norm over all dims after `out`); a bias is one unit.
-    optax triggers on `>=`; at equality its factor is 1, so `>` gives the same result.
-
+    A unit is a row of a PyTorch weight `[out, in]`; a bias is one unit. optax triggers on `>=`; at equality
+    its factor is 1, so `>` gives the same result. A non-finite unit norm scales nothing.
     References: Brock, De, Smith & Simonyan (2021), High-Performance Large-Scale Image Recognition Without
     Normalization (NFNets); optax `adaptive_grad_clip` / `unitwise_norm`.
     """
-    gu = [torch.linalg.vector_norm(_units(g), dim=2, dtype=_F64) for g in grads]  # L x [K, U_l]
-    wu = torch.cat([torch.linalg.vector_norm(_units(p), dim=2, dtype=_F64) for p in params], 1)  # [K, U]
-    g_u = torch.cat(gu, 1)  # [K, U]
-    max_norm = thresholds.to(_F64).unsqueeze(1) * wu.clamp(min=eps)
-    hit = (g_u > max_norm) & torch.isfinite(g_u)  # a non-finite unit norm scales nothing
-    scale = torch.where(hit, max_norm / g_u.clamp(min=1e-6), 1.0)  # [K, U]
-    scale32 = scale.float()
-    parts = scale32.split([u.shape[1] for u in gu], 1)
-    torch._foreach_mul_(grads, [_bcast(s if g.ndim >= 3 else s[:, 0], g) for s, g in zip(parts, grads)])
-    hit = scale32 < 1.0
-    frac = (hit.float() * _weights(_shapes(grads), True, hit.device)).sum(1)
-    tn = torch.stack([torch.linalg.vector_norm(u, dim=1) for u in gu], 1)  # [K, L] from the unit norms
-    gn = torch.linalg.vector_norm(g_u, dim=1)
-    return _stats(tn, gn, torch.linalg.vector_norm(g_u * scale32, dim=1), hit.any(1), frac)
+    max_norm = lam * wu.clamp(min=eps)
+    hit = (gu > max_norm) & torch.isfinite(gu)
+    return torch.where(hit, max_norm / gu.clamp(min=1e-6), 1.0)
 
 
 class AutoClipState:
@@ -202,12 +167,12 @@ class AutoClipState:
         self.sorted = torch.full((k, 0), math.inf, dtype=_F64, device=dev)  # [K, w] same norms sorted, inf = empty
         self.count = torch.zeros(k, dtype=torch.long, device=dev)  # finite norms seen per run
         self._j = torch.arange(history, device=dev)
+        self._j1 = self._j - 1  # (long - bool is not allowed, long + bool is)
         self._inf = torch.full((k, 1), math.inf, dtype=_F64, device=dev)
         self.threshold = torch.full((k,), math.inf, device=dev)
 
-    @torch.no_grad()
-    def __call__(self, grads: list[Tensor], params: list[Tensor]) -> ClipStats:
-        tn, gn = _norms64(grads)
+    def update(self, gn: Tensor) -> Tensor:
+        """Take this step's global norms [K] (float64); return the norm limit c_t [K] (float64, inf = none)."""
         fin = torch.isfinite(gn)
         slot = (self.count % self.size).unsqueeze(1)  # [K, 1] ring-buffer position, per run
         old = self.ring.gather(1, slot)  # [K, 1] the norm it evicts (inf while the ring is not full)
@@ -222,7 +187,7 @@ class AutoClipState:
         j = self._j[: s.shape[1]]  # [w]
         r = torch.searchsorted(s, old)  # [K, 1] where `old` sits
         ins = torch.searchsorted(s, new) - (old < new).long()  # [K, 1] where `new` goes once `old` is out
-        m = j - (j > ins)  # [K, w] source index in s without `old` (long - bool -> long)
+        m = self._j1[: s.shape[1]] + (j <= ins)  # [K, w] = j - (j > ins): source index in s without `old`
         src = (m + (m >= r)).clamp(max=s.shape[1] - 1)
         self.sorted = s = torch.where(j == ins, new, s.gather(1, src))
         # np.percentile's 'linear' method, per run: index (n - 1) q, interpolate between its neighbours
@@ -233,7 +198,10 @@ class AutoClipState:
         b = s.gather(1, torch.minimum(lo + 1, last).unsqueeze(1)).squeeze(1)
         thr = torch.where(self.count > 0, a + (b - a) * (pos - lo), math.inf)
         self.threshold = thr.float()
-        return _scale_global(grads, tn, gn, thr)
+        return thr
+
+    def __call__(self, grads: list[Tensor], params: list[Tensor]) -> ClipStats:
+        return _list_call(self, grads, params, "autoclip")
 
 
 class ZClipState:
@@ -260,9 +228,8 @@ class ZClipState:
         self.var = torch.zeros(k, dtype=_F64, device=dev)
         self.threshold = torch.full((k,), math.inf, device=dev)
 
-    @torch.no_grad()
-    def __call__(self, grads: list[Tensor], params: list[Tensor]) -> ClipStats:
-        tn, gn = _norms64(grads)
+    def update(self, gn: Tensor) -> Tensor:
+        """Take this step's global norms [K] (float64); return the norm limit [K] (float64, inf = none)."""
         if self.step < self.warmup_steps:  # host-side step count, not a tensor value
             self.buf[:, self.step] = gn
             self.step += 1
@@ -271,7 +238,7 @@ class ZClipState:
                 n = fin.sum(1)
                 self.mean = torch.where(fin, self.buf, 0.0).sum(1) / n
                 self.var = torch.where(fin, self.buf - self.mean.unsqueeze(1), 0.0).square().sum(1) / n
-            return _scale_global(grads, tn, gn, torch.full_like(gn, math.inf))
+            return torch.full_like(gn, math.inf)
         self.step += 1
         zt, std = self.z_thresh, self.var.sqrt()
         z = (gn - self.mean) / (std + self.eps)
@@ -284,7 +251,130 @@ class ZClipState:
         self.mean, self.var = torch.where(ok, mean, self.mean), torch.where(ok, var, self.var)
         self.threshold = thr.float()
         # official: coef = c / (||g|| + 1e-6) only when ||g|| > c; a spike always has ||g|| > c
-        return _scale_global(grads, tn, gn, thr)
+        return thr
+
+    def __call__(self, grads: list[Tensor], params: list[Tensor]) -> ClipStats:
+        return _list_call(self, grads, params, "zclip")
+
+
+class Clipper:
+    """Clips a flat [K, P] gradient in place, each run by its own strategy and threshold, in one pass.
+
+    Runs that use another strategy see that rule with an infinite threshold (a no-op), so a mixed
+    comparison (none, value, norm, ...) needs no per-group gather/scatter. Only the rules present run.
+    """
+
+    def __init__(
+        self,
+        strategies: Sequence[str],
+        thresholds: Tensor,
+        layout: Layout,
+        states: dict | None = None,
+        agc_eps: float = 1e-3,
+    ):
+        unknown = set(strategies) - set(STRATEGIES)
+        if unknown:
+            raise ValueError(f"unknown clipping strategy {sorted(unknown)[0]!r}; choose from {', '.join(STRATEGIES)}")
+        thr, dev = thresholds.reshape(-1).to(_F64), thresholds.device
+        self.layout, self.k = layout, len(strategies)
+        present = set(strategies)
+
+        def per_run(name: str) -> Tensor:  # this strategy's thresholds, inf for the other runs
+            mask = torch.tensor([s == name for s in strategies], device=dev)
+            return torch.where(mask, thr, math.inf)
+
+        self.c_value = per_run("value").float().unsqueeze(1) if "value" in present else None  # [K, 1]
+        self.c_tensor = per_run("tensor-norm").unsqueeze(1) if "tensor-norm" in present else None  # [K, 1]
+        self.lam = per_run("agc").unsqueeze(1) if "agc" in present else None  # [K, 1]
+        self.c_norm = per_run("norm") if "norm" in present else None  # [K]
+        # stateful rules keep their history only for their own runs: (index [Ks], state)
+        self.states = []
+        for name, cls in (("autoclip", AutoClipState), ("zclip", ZClipState)):
+            if name in present:
+                idx = torch.tensor([i for i, s in enumerate(strategies) if s == name], device=dev)
+                state = (states or {}).get(name) or cls(thresholds.reshape(-1)[idx])
+                self.states.append((idx, state))
+        self.needs_params, self.agc_eps = self.lam is not None, agc_eps
+
+    @torch.no_grad()
+    def __call__(self, g: Tensor, w: Tensor | None = None) -> ClipStats:
+        """g: [K, P] gradient (float32), clipped in place; w: [K, P] parameters (AGC only)."""
+        lay = self.layout
+        sq = g.to(_F64).square()  # float64: finite 1e20 elements must not overflow the norm
+        tsq = lay.segment_sums(sq)  # [K, L]
+        tn, gn = tsq.sqrt(), tsq.sum(1).sqrt()
+        clipped = torch.zeros(self.k, dtype=torch.bool, device=g.device)
+        frac = torch.zeros(self.k, dtype=_F64, device=g.device)
+        changed = False
+        if self.c_value is not None:
+            n_out = clip_by_value(g, self.c_value)
+            clipped, frac, changed = n_out > 0, n_out / max(lay.numel, 1), True
+        scale = None  # [K, P] or [K, 1] float32 factor, the product of the scaling rules present
+        if self.c_tensor is not None:
+            f = tensor_norm_factor(tn, self.c_tensor)  # [K, L]
+            hit = f < 1.0
+            clipped, frac = clipped | hit.any(1), frac + (hit * lay.tensor_share).sum(1)
+            scale = f.float().index_select(1, lay.seg)
+        if self.lam is not None:
+            gu = lay.segment_sums(sq, units=True).sqrt()  # [K, U]
+            wu = lay.segment_sums(w.detach().to(_F64).square(), units=True).sqrt()
+            f = agc_factor(gu, wu, self.lam, self.agc_eps)
+            hit = f < 1.0
+            clipped, frac = clipped | hit.any(1), frac + (hit * lay.unit_share).sum(1)
+            fu = f.float().index_select(1, lay.unit)
+            scale = fu if scale is None else scale * fu
+        only_global = not changed and scale is None
+        c = self.c_norm
+        for idx, state in self.states:  # dynamic global-norm limits of the stateful runs
+            c = torch.full_like(gn, math.inf) if c is None else c.clone()
+            c.index_copy_(0, idx, state.update(gn.index_select(0, idx)))
+        if c is not None:
+            f = global_norm_factor(gn, c)  # [K]
+            hit = (f < 1.0) & (gn > 0)  # a zero gradient scaled by 0 (autoclip's 0 threshold) did not change
+            clipped, frac = clipped | hit, frac + hit
+            fg = f.float().unsqueeze(1)
+            scale = fg if scale is None else scale * fg
+        if scale is None:
+            post = gn if not changed else g.to(_F64).square().sum(1).sqrt()
+        else:
+            g.mul_(scale)
+            # one factor per run: the norm scales with it (exact in real arithmetic); else measure again
+            post = gn * f if only_global else g.to(_F64).square().sum(1).sqrt()
+        return ClipStats(gn.float(), tn.float(), post.float(), clipped, frac.float())
+
+
+def _list_call(state, grads: list[Tensor], params: list[Tensor], strategy: str) -> ClipStats:
+    """A stateful rule called on per-tensor grads: run it through a one-strategy Clipper sharing its state."""
+    core = getattr(state, "_core", None)
+    if core is None:
+        lay = Layout([g.shape[1:] for g in grads], grads[0].device)
+        k = grads[0].shape[0]
+        core = state._core = Clipper([strategy] * k, torch.ones(k), lay, {strategy: state})
+    return _apply(core, grads, params)
+
+
+def _apply(core: Clipper, grads: list[Tensor], params: list[Tensor]) -> ClipStats:
+    """Clip per-tensor [K, ...] grads in place through the flat core."""
+    flat = core.layout.flatten(grads)
+    stats = core(flat, core.layout.flatten(params) if core.needs_params else None)
+    for g, v in zip(grads, core.layout.split(flat), strict=True):
+        g.copy_(v)
+    return stats
+
+
+class _ListClipper:
+    """make_clipper's result: per-tensor [K, ...] grads in, clipped in place through the flat core."""
+
+    def __init__(self, strategy: str, thresholds: Tensor, agc_eps: float = 1e-3):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown clipping strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+        self.strategy, self.thresholds, self.core, self.agc_eps = strategy, thresholds.reshape(-1), None, agc_eps
+
+    def __call__(self, grads: list[Tensor], params: list[Tensor]) -> ClipStats:
+        if self.core is None:  # the layout comes from the first grads seen
+            lay = Layout([g.shape[1:] for g in grads], grads[0].device)
+            self.core = Clipper([self.strategy] * self.thresholds.numel(), self.thresholds, lay, agc_eps=self.agc_eps)
+        return _apply(self.core, grads, params)
 
 
 # ---- registry ----------------------------------------------------------------------------------
@@ -321,7 +411,7 @@ STRATEGY_INFO: dict[str, StrategyInfo] = {
             "norm",
             "Global norm",
             rf"g \leftarrow g \min\left(1, \frac{{c}}{{{_N} + 10^{{-6}}}}\right)",
-            "Pascanu, Mikolov & Bengio (2013), On the difficulty of training recurrent neural networks",
+            "Pascanu, Mikolov & Bengio 2013, arXiv:1211.5063",
             "torch.nn.utils.clip_grad_norm_, Keras global_clipnorm (and standalone Keras 2 clipnorm), "
             "optax.clip_by_global_norm",
         ),
@@ -337,8 +427,7 @@ STRATEGY_INFO: dict[str, StrategyInfo] = {
             "Adaptive gradient clipping (AGC)",
             r"G_i \leftarrow G_i \frac{\lambda \max(\lVert W_i\rVert, 10^{-3})}{\max(\lVert G_i\rVert, 10^{-6})}"
             r"\ \text{if}\ \lVert G_i\rVert > \lambda \max(\lVert W_i\rVert, 10^{-3})",
-            "Brock, De, Smith & Simonyan (2021), High-Performance Large-Scale Image Recognition Without "
-            "Normalization (NFNets)",
+            "Brock, De, Smith & Simonyan 2021 (NFNets), arXiv:2102.06171",
             "optax.adaptive_grad_clip, timm adaptive_clip_grad",
         ),
         _info(
@@ -346,8 +435,7 @@ STRATEGY_INFO: dict[str, StrategyInfo] = {
             "AutoClip",
             rf"c_t = \mathrm{{percentile}}_p(\lVert g_1\rVert, \dots, \lVert g_t\rVert),\ "
             rf"g \leftarrow g \min\left(1, \frac{{c_t}}{{{_N} + 10^{{-6}}}}\right)",
-            "Seetharaman, Wichern, Pardo & Le Roux (2020), AutoClip: Adaptive Gradient Clipping for Source "
-            "Separation Networks",
+            "Seetharaman, Wichern, Pardo & Le Roux 2020, arXiv:2007.14469",
             "github.com/pseeth/autoclip",
             stateful=True,
         ),
@@ -356,36 +444,29 @@ STRATEGY_INFO: dict[str, StrategyInfo] = {
             "ZClip",
             rf"z = \frac{{{_N} - \mu}}{{\sigma + \epsilon}},\ z > z_t:\ "
             rf"g \leftarrow g \frac{{\mu + z_t^2 \sigma / z}}{{{_N} + 10^{{-6}}}}",
-            "Kumar, Owen, Chowdhury & Güra (2025), ZClip: Adaptive Spike Mitigation for LLM Pre-Training",
+            "Kumar, Owen, Chowdhury & Güra 2025, arXiv:2504.02507",
             "zclip.ZClip(mode='zscore', clip_option='adaptive_scaling', max_grad_norm=None)",
             stateful=True,
         ),
     )
 }
-_STATELESS = {
-    "none": clip_none,
-    "value": clip_by_value,
-    "norm": clip_by_global_norm,
-    "tensor-norm": clip_by_tensor_norm,
-    "agc": adaptive_grad_clip,
-}
 assert set(STRATEGY_INFO) == set(STRATEGIES), "a strategy needs a registry line"
 
 
-def make_clipper(strategy: str, thresholds: Tensor) -> Clipper:
-    """clipper(grads, params) -> ClipStats for K = thresholds.numel() runs; clips grads in place.
+def make_clipper(strategy: str, thresholds: Tensor) -> Callable[[list[Tensor], list[Tensor]], ClipStats]:
+    """clipper(grads, params) -> ClipStats for K = thresholds.numel() runs of one strategy; clips grads in place.
 
     thresholds: [K] float32 on the grads' device, the strategy's one number per run (see STRATEGY_INFO).
+    grads: float tensors [K, ...] (float32 expected; norms are taken in float64); params: same shapes, only
+    agc reads them. Stateful clippers (autoclip, zclip) keep one history per run and expose `.threshold`,
+    the norm limit they applied on the last step ([K] float32, inf = none). The engine uses `Clipper`
+    directly on its flat buffer, with a strategy per run.
     """
-    thr = thresholds.reshape(-1)
     if strategy == "autoclip":
-        return AutoClipState(thr)
+        return AutoClipState(thresholds.reshape(-1))
     if strategy == "zclip":
-        return ZClipState(thr)
-    if strategy not in _STATELESS:
-        raise ValueError(f"unknown clipping strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
-    fn = _STATELESS[strategy]
-    return lambda grads, params: fn(grads, params, thr)
+        return ZClipState(thresholds.reshape(-1))
+    return _ListClipper(strategy, thresholds)
 
 
 # ---- drop-ins for one model: the batched code with K = 1 ---------------------------------------
@@ -403,20 +484,18 @@ def _one(grads: list[Tensor], value: float) -> Tensor:
 def clip_grad_value_(parameters: Tensor | Iterable[Tensor], clip_value: float) -> Tensor:
     """Like torch.nn.utils.clip_grad_value_; returns the pre-clip global norm."""
     grads, ps = _k1(parameters)
-    return clip_by_value(grads, ps, _one(grads, clip_value)).pre_norm[0] if grads else torch.tensor(0.0)
+    return make_clipper("value", _one(grads, clip_value))(grads, ps).pre_norm[0] if grads else torch.tensor(0.0)
 
 
-def clip_grad_norm_(
-    parameters: Tensor | Iterable[Tensor], max_norm: float, error_if_nonfinite: bool = False
-) -> Tensor:
+def clip_grad_norm_(parameters: Tensor | Iterable[Tensor], max_norm: float, error_if_nonfinite: bool = False) -> Tensor:
     """Like torch.nn.utils.clip_grad_norm_ (L2); returns the pre-clip total norm. Overflow-safe, unlike torch."""
     grads, ps = _k1(parameters)
     if not grads:
         return torch.tensor(0.0)
-    norm = clip_by_global_norm(grads, ps, _one(grads, max_norm)).pre_norm[0]
+    norm = make_clipper("norm", _one(grads, max_norm))(grads, ps).pre_norm[0]
     if error_if_nonfinite and not torch.isfinite(norm):  # grads were left unchanged, as torch does on raising
         raise RuntimeError(
-            f"The total norm of order 2.0 for gradients from `parameters` is non-finite, so it cannot be clipped. "
+            "The total norm of order 2.0 for gradients from `parameters` is non-finite, so it cannot be clipped. "
             "To disable this error and scale the gradients by the non-finite norm anyway, set "
             "`error_if_nonfinite=False`"
         )
@@ -426,52 +505,51 @@ def clip_grad_norm_(
 def clip_grad_norm_per_tensor_(parameters: Tensor | Iterable[Tensor], max_norm: float) -> Tensor:
     """Keras 3 clipnorm for a torch model; returns the 1-D pre-clip norms, one per tensor with a grad."""
     grads, ps = _k1(parameters)
-    return clip_by_tensor_norm(grads, ps, _one(grads, max_norm)).tensor_norms[0] if grads else torch.zeros(0)
+    return make_clipper("tensor-norm", _one(grads, max_norm))(grads, ps).tensor_norms[0] if grads else torch.zeros(0)
 
 
 def adaptive_grad_clip_(parameters: Tensor | Iterable[Tensor], clipping: float, eps: float = 1e-3) -> Tensor:
     """AGC (optax.adaptive_grad_clip) for a torch model; returns the pre-clip global norm."""
     grads, ps = _k1(parameters)
-    return adaptive_grad_clip(grads, ps, _one(grads, clipping), eps).pre_norm[0] if grads else torch.tensor(0.0)
+    return _ListClipper("agc", _one(grads, clipping), eps)(grads, ps).pre_norm[0] if grads else torch.tensor(0.0)
 
 
-class AutoClip:
+class _StatefulDropIn:
+    _state: AutoClipState | ZClipState | None = None
+
+    def _make(self, grads: list[Tensor]) -> AutoClipState | ZClipState:  # K=1 state on the grads' device
+        raise NotImplementedError
+
+    def __call__(self, parameters: Tensor | Iterable[Tensor]) -> Tensor:
+        """Clip the grads in place; returns the pre-clip global norm."""
+        grads, ps = _k1(parameters)
+        if not grads:
+            return torch.tensor(0.0)
+        if self._state is None:
+            self._state = self._make(grads)
+        return self._state(grads, ps).pre_norm[0]
+
+    @property
+    def threshold(self) -> Tensor | None:
+        """The clipping norm used on the last call (inf: no clip that step), or None before any call."""
+        return None if self._state is None else self._state.threshold[0]
+
+
+class AutoClip(_StatefulDropIn):
     """AutoClip for one model: `norm = autoclip(model.parameters())` between backward() and step()."""
 
     def __init__(self, percentile: float = 10.0, history: int = 1000):
         self.percentile, self.history = percentile, history
-        self._state: AutoClipState | None = None
 
-    def __call__(self, parameters: Tensor | Iterable[Tensor]) -> Tensor:
-        grads, ps = _k1(parameters)
-        if not grads:
-            return torch.tensor(0.0)
-        if self._state is None:
-            self._state = AutoClipState(_one(grads, self.percentile), self.history)
-        return self._state(grads, ps).pre_norm[0]
-
-    @property
-    def threshold(self) -> Tensor | None:
-        """The clipping norm used on the last call (the percentile of the history), or None before any."""
-        return None if self._state is None else self._state.threshold[0]
+    def _make(self, grads: list[Tensor]) -> AutoClipState:
+        return AutoClipState(_one(grads, self.percentile), self.history)
 
 
-class ZClip:
+class ZClip(_StatefulDropIn):
     """ZClip for one model: `norm = zclip(model.parameters())` between backward() and step()."""
 
     def __init__(self, alpha: float = 0.97, z_thresh: float = 2.5, warmup_steps: int = 25, eps: float = 1e-6):
         self.alpha, self.z_thresh, self.warmup_steps, self.eps = alpha, z_thresh, warmup_steps, eps
-        self._state: ZClipState | None = None
 
-    def __call__(self, parameters: Tensor | Iterable[Tensor]) -> Tensor:
-        grads, ps = _k1(parameters)
-        if not grads:
-            return torch.tensor(0.0)
-        if self._state is None:
-            self._state = ZClipState(_one(grads, self.z_thresh), self.alpha, self.warmup_steps, self.eps)
-        return self._state(grads, ps).pre_norm[0]
-
-    @property
-    def threshold(self) -> Tensor | None:
-        """The clipping norm used on the last call (inf: no clip that step), or None before any."""
-        return None if self._state is None else self._state.threshold[0]
+    def _make(self, grads: list[Tensor]) -> ZClipState:
+        return ZClipState(_one(grads, self.z_thresh), self.alpha, self.warmup_steps, self.eps)

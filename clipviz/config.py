@@ -287,7 +287,9 @@ PRESETS: dict[str, RunSpec] = {
 }
 
 
-def with_clips(base: RunSpec, clips: list[ClipSpec] | tuple[ClipSpec, ...], seeds: tuple[int, ...] = (1,)) -> list[RunSpec]:
+def with_clips(
+    base: RunSpec, clips: list[ClipSpec] | tuple[ClipSpec, ...], seeds: tuple[int, ...] = (1,)
+) -> list[RunSpec]:
     """The K runs of a comparison: every clip for every seed, all else from base."""
     multi = len(seeds) > 1
     return [

@@ -20,11 +20,23 @@ from torch import Tensor
 from . import clipping
 from .config import Caps, RunSpec, validate_runs
 from .data import Dataset, load_dataset
-from .models import forward, init_params, param_names, stack_params
+from .models import forward, init_params, param_names
 from .optim import make_optimizer
 from .records import VALUE_EDGES, EpochRecord, RunResult, group_records
 
 _N_VALUE_BINS = len(VALUE_EDGES) + 2  # below, bins, above, NaN
+
+
+def value_bins(x: Tensor) -> Tensor:
+    """Bin index of each float32 element on records.VALUE_EDGES, from its exponent bits.
+
+    torch.bucketize does the same job 4-10x slower here (a binary search per element); the float's
+    exponent field is floor(log2|x|) already. inf and NaN have the maximum exponent.
+    """
+    b = x.contiguous().view(torch.int32)
+    o = ((b >> 23) & 255).sub_(127).clamp_(-15, 14).add_(15)  # 0: |x| < 2^-14 ... 29: |x| >= 2^14
+    idx = torch.where(b < 0, 29 - o, o + 30)  # negative side mirrored: 0 = most negative
+    return torch.where(torch.isnan(x), _N_VALUE_BINS - 1, idx).long()
 
 
 def resolve_device(device: str) -> torch.device:
@@ -44,16 +56,6 @@ def shuffle_generator(seed: int) -> torch.Generator:
 
 def epoch_order(gen: torch.Generator, n: int) -> Tensor:
     return torch.randperm(n, generator=gen)
-
-
-def _unalias(grads: list[Tensor]) -> list[Tensor]:
-    """Autograd may hand two parameters one gradient tensor (the rnn's b_ih + b_hh); clipping is in place."""
-    seen: set[int] = set()
-    out = []
-    for g in grads:
-        out.append(g.clone() if id(g) in seen else g)
-        seen.add(id(g))
-    return out
 
 
 class Engine:
@@ -87,16 +89,17 @@ class Engine:
         self.xv, self.yv = ds.x_val.to(dev), ds.y_val.to(dev)
         n_in = ds.x_train.shape[-1]
         self.names = param_names(self.model)
-        self.params = stack_params([init_params(self.model, n_in, r.seed) for r in self.runs], dev)
-        self.opt = make_optimizer([r.optim for r in self.runs], self.params)
+        per_run = [init_params(self.model, n_in, r.seed) for r in self.runs]
+        self.layout = clipping.Layout([t.shape for t in per_run[0]], dev)
+        # all K runs' parameters in one flat leaf [K, P]; the model sees per-tensor views of it, so autograd
+        # returns one [K, P] gradient and every elementwise step (clip, mask, optimizer) is one op
+        self.flat = torch.stack([self.layout.flatten([t.unsqueeze(0) for t in ts])[0] for ts in per_run])
+        self.flat = self.flat.to(dev).requires_grad_(True)
+        self.opt = make_optimizer([r.optim for r in self.runs], [self.flat])
         self.k = len(self.runs)
-        # one clipper per strategy present, applied to its runs' slice of the batch
-        self.groups = []
-        for strat in dict.fromkeys(r.clip.strategy for r in self.runs):
-            idx = [i for i, r in enumerate(self.runs) if r.clip.strategy == strat]
-            thr = torch.tensor([self.runs[i].clip.threshold or 0.0 for i in idx], dtype=torch.float32, device=dev)
-            full = len(idx) == self.k
-            self.groups.append((None if full else torch.tensor(idx, device=dev), clipping.make_clipper(strat, thr)))
+        strategies = [r.clip.strategy for r in self.runs]
+        thr = torch.tensor([r.clip.threshold or 0.0 for r in self.runs], dtype=torch.float32, device=dev)
+        self.clipper = clipping.Clipper(strategies, thr, self.layout)
         # distinct seeds -> their own minibatch order; runs map to a row of the order table
         self.seeds = list(dict.fromkeys(r.seed for r in self.runs))
         self.seed_row = torch.tensor([self.seeds.index(r.seed) for r in self.runs], device=dev)
@@ -105,36 +108,18 @@ class Engine:
         self.steps_per_epoch = -(-self.n // self.batch)
         self.alive = torch.ones(self.k, dtype=torch.bool, device=dev)
         self.div_step = torch.full((self.k,), -1, dtype=torch.long, device=dev)
-        self.edges = torch.tensor(VALUE_EDGES, dtype=torch.float32, device=dev)
         self.reported_dead: set[int] = set()
         self.epoch = 0
 
-    # ---- one step -------------------------------------------------------------------------------
-    def _clip(self, grads: list[Tensor]) -> clipping.ClipStats:
-        if len(self.groups) == 1 and self.groups[0][0] is None:
-            return self.groups[0][1](grads, self.params)
-        parts = []
-        for idx, clipper in self.groups:
-            sub = [g.index_select(0, idx) for g in grads]
-            stats = clipper(sub, [p.detach().index_select(0, idx) for p in self.params])
-            for g, s in zip(grads, sub):
-                g.index_copy_(0, idx, s)
-            parts.append((idx, stats))
-        # reassemble per-run stats in run order
-        out = []
-        for field_i in range(len(parts[0][1])):
-            first = parts[0][1][field_i]
-            full = torch.empty((self.k, *first.shape[1:]), dtype=first.dtype, device=first.device)
-            for idx, stats in parts:
-                full.index_copy_(0, idx, stats[field_i])
-            out.append(full)
-        return clipping.ClipStats(*out)
+    @property
+    def params(self) -> list[Tensor]:
+        """Per-tensor [K, ...] views of the current parameters (detached)."""
+        return self.layout.split(self.flat.detach())
 
-    def _value_hist(self, grads: list[Tensor], acc: Tensor) -> None:
-        flat = torch.cat([g.reshape(self.k, -1) for g in grads], 1)  # [K, P]
-        idx = torch.bucketize(flat, self.edges, right=True)
-        idx = torch.where(torch.isnan(flat), _N_VALUE_BINS - 1, idx)
-        acc.scatter_add_(1, idx, torch.ones_like(idx))
+    def _value_hist(self, vals: list[Tensor], acc: Tensor) -> None:
+        """Count the epoch's gradient elements (S x [2K, P]: pre; post) into acc [2K, bins] on VALUE_EDGES."""
+        x = torch.stack(vals, 1).reshape(acc.shape[0], -1)  # [2K, S*P]: binned once per epoch, not per step
+        acc.scatter_add_(1, value_bins(x), torch.ones(x.shape, dtype=torch.long, device=x.device))
 
     def _epoch(self) -> list[EpochRecord]:
         k, dev, rec = self.k, self.device, self.record
@@ -147,29 +132,27 @@ class Engine:
             rows = order[self.seed_row]  # [K, N]
             xs, ys = self.x[rows], self.y[rows]
         losses, pres, posts, tnorms, clipped, fracs = [], [], [], [], [], []
-        vh_pre = torch.zeros(k, _N_VALUE_BINS, dtype=torch.long, device=dev) if rec else None
-        vh_post = torch.zeros_like(vh_pre) if rec else None
+        vals = []  # per step [2K, P]: pre-clip then post-clip gradient values
         base = self.epoch * self.steps_per_epoch
         for s in range(self.steps_per_epoch):
             lo, hi = s * self.batch, min(self.n, (s + 1) * self.batch)
             xb = xs[lo:hi] if shared else xs[:, lo:hi]
-            pred = forward(self.model, self.params, xb)  # [K, B]
+            pred = forward(self.model, self.layout.split(self.flat), xb)  # [K, B]
             loss = (pred - ys[:, lo:hi]).pow(2).mean(1)  # [K] per-run MSE
-            grads = list(torch.autograd.grad(loss.sum(), self.params))
-            grads = _unalias(grads)
+            (g,) = torch.autograd.grad(loss.sum(), self.flat)  # [K, P]
+            pre = g.clone() if rec else None
+            stats = self.clipper(g, self.flat.detach() if self.clipper.needs_params else None)
             if rec:
-                self._value_hist(grads, vh_pre)
-            stats = self._clip(grads)
+                vals.append(torch.cat([pre, g]))
             dead = ~(torch.isfinite(loss) & torch.isfinite(stats.pre_norm))
-            newly = self.alive & dead
-            self.div_step = torch.where(newly, base + s, self.div_step)
+            self.div_step = torch.where(self.alive & dead, base + s, self.div_step)
             self.alive = self.alive & ~dead
-            for g in grads:  # a frozen run's grads may hold NaN: zero them so its optimizer state stays finite
-                g.masked_fill_(~self.alive.view(-1, *([1] * (g.dim() - 1))), 0.0)
-            self.opt.step(grads, self.alive)
+            g.masked_fill_(
+                ~self.alive.unsqueeze(1), 0.0
+            )  # a frozen run's grads may hold NaN: keep its optimizer state finite
+            self.opt.step([g], self.alive)
             losses.append(loss.detach())
             if rec:
-                self._value_hist(grads, vh_post)
                 pres.append(stats.pre_norm)
                 posts.append(stats.post_norm)
                 tnorms.append(stats.tensor_norms)
@@ -181,10 +164,12 @@ class Engine:
         parts = [torch.stack(losses).double(), val.double(), self.div_step.double()]
         if rec:
             parts += [torch.stack(t).double() for t in (pres, posts, tnorms, clipped, fracs)]
-            parts += [vh_pre.double(), vh_post.double()]
+            vh = torch.zeros(2 * k, _N_VALUE_BINS, dtype=torch.long, device=dev)
+            self._value_hist(vals, vh)
+            parts += [vh[:k].double(), vh[k:].double()]
         flat = torch.cat([p.reshape(-1) for p in parts]).cpu()
         sizes = [p.numel() for p in parts]
-        host = [c.view(p.shape) for c, p in zip(torch.split(flat, sizes), parts)]
+        host = [c.view(p.shape) for c, p in zip(torch.split(flat, sizes), parts, strict=True)]
         self.epoch += 1
         return self._records(host)
 
@@ -209,7 +194,7 @@ class Engine:
                 kw = dict(
                     grad_norm_pre=pre[:n_steps, r].tolist(),
                     grad_norm_post=post[:n_steps, r].tolist(),
-                    layer_norms={n: float(v) for n, v in zip(self.names, tn[:n_steps, r].mean(0))},
+                    layer_norms={n: float(v) for n, v in zip(self.names, tn[:n_steps, r].mean(0), strict=True)},
                     clip_rate=float(clipped[:n_steps, r].mean()),
                     elem_clip_frac=float(frac[:n_steps, r].mean()),
                     value_hist_pre=vpre[r].long().tolist(),

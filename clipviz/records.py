@@ -21,10 +21,12 @@ from .config import ConfigError, RunSpec
 SCHEMA_VERSION = 1
 # gradient-norm histograms: quarter-decade bins from 1e-4 to 1e8; plus below, above, non-finite
 NORM_EDGES = np.logspace(-4, 8, 49)
-# gradient element values: symmetric log bins, 4 per decade, |v| from 1e-4 to 1e4, zero bin in the middle.
-# counts have len(VALUE_EDGES)+2 entries: [< first edge (incl. -inf), bins..., >= last edge (incl. +inf), NaN]
-_POS = np.logspace(-4, 4, 33)
-VALUE_EDGES = np.concatenate([-_POS[::-1], _POS])
+# gradient element values: octave bins mirrored around zero, |v| in [2^e, 2^(e+1)) for e = -14..13, plus
+# |v| < 2^-14 on either side of zero. Counts have len(VALUE_EDGES) + 2 = 61 entries:
+# [v <= -2^14 (incl. -inf), bins..., v >= 2^14 (incl. +inf), NaN]. Bins are closed toward zero on both
+# sides (mirror images), so -0.0 counts in the bin just below zero.
+_POS = 2.0 ** np.arange(-14, 15)
+VALUE_EDGES = np.concatenate([-_POS[::-1], [0.0], _POS])
 
 
 @dataclass

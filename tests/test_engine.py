@@ -97,7 +97,9 @@ def test_batched_run_equals_plain_torch_loop(preset, clip, opt):
     base = PRESETS[preset]
     if preset == "adding-rnn":
         # the preset is built to explode (init x3, lr 0.05): chaos would amplify rounding; use a tame copy
-        base = replace(base, data=replace(base.data, n_samples=256, seq_len=10), model=replace(base.model, init_scale=1.0))
+        base = replace(
+            base, data=replace(base.data, n_samples=256, seq_len=10), model=replace(base.model, init_scale=1.0)
+        )
         base = replace(base, optim=replace(base.optim, lr=0.01))
     base = replace(base, optim=replace(base.optim, name=opt, epochs=3, lr=0.001 if opt != "sgd" else base.optim.lr))
     clip = ClipSpec.parse(clip)
@@ -153,9 +155,7 @@ def test_diverged_run_freezes_and_others_are_unaffected():
     alone = train(with_clips(base, [ClipSpec("norm", 1.0)]), device="cpu")[0]
     beside = train(with_clips(base, [ClipSpec("none"), ClipSpec("norm", 1.0)]), device="cpu")
     assert beside[0].diverged is not None and len(beside[0].records) == 1
-    np.testing.assert_allclose(
-        [e.val_loss for e in beside[1].records], [e.val_loss for e in alone.records], rtol=1e-6
-    )
+    np.testing.assert_allclose([e.val_loss for e in beside[1].records], [e.val_loss for e in alone.records], rtol=1e-6)
 
 
 def test_stop_event_ends_between_epochs():

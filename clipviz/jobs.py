@@ -1,0 +1,473 @@
+"""Background training jobs: a worker thread per Job, a JobManager that caps how many train at once.
+
+The worker owns the Engine and writes each epoch's records into the job under a lock; the UI
+polls `snapshot()` (an immutable copy with a `version` to skip redraws). Play, pause, step and
+playback speed work like TensorFlow Playground's, and every wait is a Condition wait, so stop,
+resume and speed changes wake the worker at once. Nothing here draws or imports streamlit at import.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from .config import Caps, ConfigError, RunSpec
+from .data import Dataset
+from .engine import Engine
+from .records import EpochRecord, RunResult
+
+log = logging.getLogger(__name__)
+
+STATES = ("queued", "running", "paused", "done", "stopped", "failed")
+FINISHED = ("done", "stopped", "failed")
+_ids = itertools.count(1)
+
+
+# ---- torch threads ------------------------------------------------------------------------------
+# what torch.set_num_threads(n) does in this build (torch 2.13 CPU, OpenMP + MKL backend), measured
+# with torch.get_num_threads() from other threads and read in ATen/ParallelOpenMP.cpp:
+#   - the calling thread: its OpenMP team size and its MKL count (mkl_set_num_threads_local) -> n.
+#   - a process-wide default (an atomic) that every thread reads lazily on its FIRST torch op:
+#     threads started later (other jobs, streamlit's script threads) get n too.
+#   - threads that already ran torch ops (e.g. the main thread) keep their old count.
+# so it is neither thread-local nor fully global. we therefore use ONE value everywhere: the app calls
+# configure_torch_threads() once per server process (sets the default for all later threads), and
+# each worker sets the same n for itself too (cheap, idempotent, and right even if the app forgot).
+# why 1: these models are tiny; with overlapping jobs, 2 intra-op threads each oversubscribe a
+# 2-core machine (three jobs: 45 s with 2 threads each, 18 s with 1).
+
+
+def torch_threads() -> int:
+    """Intra-op threads per training job: CLIPVIZ_TORCH_THREADS, default 1."""
+    raw = os.environ.get("CLIPVIZ_TORCH_THREADS", "").strip()
+    if not raw:
+        return 1
+    if not raw.isdigit() or int(raw) <= 0:
+        raise ConfigError(f"environment variable CLIPVIZ_TORCH_THREADS={raw!r} must be a positive integer")
+    return int(raw)
+
+
+def configure_torch_threads(n: int | None = None) -> int:
+    """Set torch's intra-op thread count for this thread and as the process default; returns it."""
+    n = n or torch_threads()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+# ---- one job ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class JobSnapshot:
+    """What the UI sees of a job at one moment; results are fresh lists sharing the (immutable) records."""
+
+    job_id: int
+    state: str  # one of STATES
+    epoch: int  # epochs trained so far
+    epochs: int  # epochs asked for
+    queue_position: int | None  # 1 = starts next; None unless queued in a JobManager
+    error: str | None  # "Type: message" when failed
+    results: list[RunResult]  # one per run, records so far
+    version: int  # grows on every change: equal versions mean nothing to redraw
+    speed: float | None  # epochs per second; None = as fast as possible
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+    @property
+    def progress(self) -> float:
+        return self.epoch / self.epochs if self.epochs else 0.0
+
+
+def _check_speed(speed: float | None) -> float | None:
+    if speed is None:
+        return None
+    if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not math.isfinite(speed) or speed <= 0:
+        raise ConfigError(f"playback speed must be a positive number of epochs per second (or None), got {speed!r}")
+    return float(speed)
+
+
+def _by_epoch(engine: Engine, k: int) -> Iterator[list[EpochRecord]]:
+    """Group the engine's records per epoch without asking for the next epoch early.
+
+    The engine yields one record per live run per epoch, and reports a run's divergence once, in
+    the epoch it died; so the count of the next epoch's records is known before it is computed.
+    """
+    it, live = iter(engine), k
+    while live > 0:
+        batch = list(itertools.islice(it, live))
+        if not batch:
+            return
+        yield batch
+        live -= sum(r.diverged is not None for r in batch)
+
+
+class Job:
+    """Train `runs` in a background thread; thread-safe accessors for the UI."""
+
+    def __init__(
+        self,
+        runs: list[RunSpec],
+        *,
+        device: str = "auto",
+        record: bool = True,
+        dataset: Dataset | None = None,
+        speed: float | None = None,
+        on_done: Callable[[JobSnapshot], None] | None = None,
+        paused: bool = False,  # start paused: the worker builds the engine, then waits for step/resume
+        caps: Caps | None = None,
+    ):
+        self.id = next(_ids)
+        self.runs = list(runs)
+        self.session_id: str | None = None  # set by JobManager.submit
+        self._kw = dict(device=device, record=record, dataset=dataset, caps=caps)
+        self._on_done = on_done
+        self._hooks: list[Callable[[Job], None]] = []  # JobManager's slot release
+        self._cond = threading.Condition()
+        self._stop = threading.Event()  # the engine checks it between epochs
+        self._thread: threading.Thread | None = None
+        self._state = "queued"
+        self._epoch = 0
+        self._epochs = self.runs[0].optim.epochs if self.runs else 0
+        self._queue_position: int | None = None
+        self._error: str | None = None
+        self._results = [RunResult(s) for s in self.runs]
+        self._version = 0
+        self._speed = _check_speed(speed)
+        self._paused = paused
+        self._steps = 0  # epochs granted by step_epoch while paused
+        self._hooks_ran = False
+
+    # ---- accessors (any thread) ---------------------------------------------------------------------
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._thread
+
+    def snapshot(self) -> JobSnapshot:
+        with self._cond:
+            return self._snapshot_locked()
+
+    def _snapshot_locked(self) -> JobSnapshot:
+        return JobSnapshot(
+            job_id=self.id,
+            state=self._state,
+            epoch=self._epoch,
+            epochs=self._epochs,
+            queue_position=self._queue_position if self._state == "queued" else None,
+            error=self._error,
+            results=[RunResult(r.spec, list(r.records)) for r in self._results],
+            version=self._version,
+            speed=self._speed,
+        )
+
+    def wait_until(self, predicate: Callable[[JobSnapshot], bool], timeout: float) -> JobSnapshot:
+        """Block until predicate(snapshot) holds (woken on every change); TimeoutError after timeout s."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: predicate(self._snapshot_locked()), timeout):
+                raise TimeoutError(f"job {self.id} did not reach the expected state in {timeout:g} s")
+            return self._snapshot_locked()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the worker thread to end; True if it has (or never started)."""
+        t = self._thread
+        if t is not None:
+            t.join(timeout)
+            return not t.is_alive()
+        return True
+
+    # ---- controls (any thread) ----------------------------------------------------------------------
+    def start(self) -> Job:
+        """Start training now (a JobManager calls this when a slot frees). No-op unless queued."""
+        with self._cond:
+            if self._state != "queued" or self._thread is not None:
+                return self
+            self._thread = threading.Thread(target=self._work, name=f"clipviz-job-{self.id}", daemon=True)
+            self._set_locked(state="running")
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop after the epoch in progress; what was trained stays in the results."""
+        with self._cond:
+            self._stop.set()
+            never_started = self._state == "queued" and self._thread is None
+            if never_started:
+                self._set_locked(state="stopped")
+            self._cond.notify_all()
+        if never_started:
+            self._finish()
+
+    def pause(self) -> None:
+        """Pause after the epoch in progress (state turns 'paused' once the worker is waiting)."""
+        with self._cond:
+            self._paused = True
+            self._cond.notify_all()
+
+    def resume(self) -> None:
+        with self._cond:
+            self._paused, self._steps = False, 0
+            self._cond.notify_all()
+
+    def step_epoch(self) -> None:
+        """Train exactly one more epoch, then wait (pauses a playing job after the epoch in progress)."""
+        with self._cond:
+            if self._state in FINISHED:
+                return
+            if not self._paused:
+                self._paused, self._steps = True, 0
+            self._steps += 1
+            self._cond.notify_all()
+
+    def set_speed(self, speed: float | None) -> None:
+        """Playback speed in epochs per second; None = as fast as possible. Takes effect at once."""
+        speed = _check_speed(speed)
+        with self._cond:
+            self._set_locked(speed=speed)
+
+    # ---- internals ----------------------------------------------------------------------------------
+    def _set_locked(self, **changes) -> None:
+        for k, v in changes.items():
+            setattr(self, f"_{k}", v)
+        self._version += 1
+        self._cond.notify_all()
+
+    def _set_queue_position(self, pos: int | None) -> None:
+        with self._cond:
+            if pos != self._queue_position:
+                self._set_locked(queue_position=pos)
+
+    def _wait_turn(self, last_start: float | None) -> bool:
+        """Block until the next epoch may start (pause, step, pace); False once stopped."""
+        with self._cond:
+            while not self._stop.is_set():
+                if self._paused:
+                    if self._steps > 0:
+                        self._steps -= 1
+                        if self._state != "running":
+                            self._set_locked(state="running")
+                        return True  # a step ignores the pace
+                    if self._state != "paused":
+                        self._set_locked(state="paused")
+                    self._cond.wait()
+                    continue
+                if self._state != "running":
+                    self._set_locked(state="running")
+                if self._speed is not None and last_start is not None:
+                    remaining = last_start + 1 / self._speed - time.monotonic()
+                    if remaining > 0:
+                        self._cond.wait(remaining)  # woken early by stop, pause or a speed change: re-check
+                        continue
+                return True
+            return False
+
+    def _work(self) -> None:
+        state, error = "stopped", None
+        try:
+            configure_torch_threads()  # sets this thread's own count too: see the note above
+            engine = Engine(self.runs, stop=self._stop, **self._kw)
+            with self._cond:
+                self._set_locked(epochs=engine.epochs)
+            batches, last_start, dead, finished = _by_epoch(engine, len(self.runs)), None, 0, False
+            while not finished and self._wait_turn(last_start):
+                last_start = time.monotonic()
+                batch = next(batches, None)
+                if batch is None:  # the engine saw the stop event
+                    break
+                with self._cond:
+                    for rec in batch:
+                        self._results[rec.run].records.append(rec)
+                    self._set_locked(epoch=batch[0].epoch)
+                # done now, not after one more pace or pause: last epoch trained, or every run diverged
+                dead += sum(r.diverged is not None for r in batch)
+                finished = batch[0].epoch >= engine.epochs or dead == len(self.runs)
+            state = "done" if finished else "stopped"
+        except Exception as exc:  # a job's crash must never reach other jobs or the server
+            log.exception("clipviz job %s failed", self.id)
+            state, error = "failed", f"{type(exc).__name__}: {exc}"
+        with self._cond:
+            self._set_locked(state=state, error=error)
+        self._finish()
+
+    def _finish(self) -> None:
+        """Release the manager's slot, then tell the owner; exactly once, never under the job's lock."""
+        with self._cond:
+            if self._hooks_ran:
+                return
+            self._hooks_ran = True
+        calls = [(hook, self) for hook in self._hooks]
+        if self._on_done is not None:
+            calls.append((self._on_done, self.snapshot()))
+        for fn, arg in calls:
+            try:
+                fn(arg)
+            except Exception:
+                log.exception("clipviz job %s: completion callback failed", self.id)
+
+
+# ---- the server's jobs --------------------------------------------------------------------------
+class JobBusy(RuntimeError):
+    """The session already has a job running or queued; the UI asks whether to replace it."""
+
+
+class JobStats(NamedTuple):
+    running: int  # jobs holding a training slot (a stopped job holds it until its thread ends)
+    queued: int
+    max_running: int
+
+
+class JobManager:
+    """At most `max_running` jobs train at once; the rest wait FIFO. One running/queued job per session."""
+
+    def __init__(self, max_running: int | None = None):
+        self.max_running = max_running or Caps.from_env().max_jobs
+        self._lock = threading.RLock()  # re-entrant: stopping a queued job calls back into _release
+        self._running: list[Job] = []
+        self._queue: deque[Job] = deque()
+        self._by_session: dict[str, Job] = {}  # the session's current job
+
+    def submit(self, job: Job, session_id: str, *, replace: bool = False) -> Job:
+        """Queue `job` for `session_id` (it starts at once if a slot is free) and return it.
+
+        replace=True stops the session's current job first (its trained runs stay in its results);
+        replace=False raises JobBusy if there is one.
+        """
+        with self._lock:
+            if job.session_id is not None or job.snapshot().state != "queued":
+                raise ValueError(f"job {job.id} was already submitted or started")
+            current = self._by_session.get(session_id)
+            if current is not None and not current.snapshot().finished:
+                if not replace:
+                    raise JobBusy("a training job is already running in this session: stop it, or replace it")
+                current.stop()
+            job.session_id = session_id
+            job._hooks.append(self._release)
+            self._by_session[session_id] = job
+            self._queue.append(job)
+            self._schedule()
+        return job
+
+    def job_for(self, session_id: str) -> Job | None:
+        """The session's current (running, paused or queued) job, if any."""
+        with self._lock:
+            return self._by_session.get(session_id)
+
+    def cancel_session(self, session_id: str) -> list[Job]:
+        """Stop and forget the session's jobs (closed tab, expired session); returns them."""
+        with self._lock:
+            jobs = [j for j in (*self._running, *self._queue) if j.session_id == session_id]
+            self._by_session.pop(session_id, None)
+        for j in jobs:
+            j.stop()  # a queued job is removed now; a running one frees its slot when its thread ends
+        return jobs
+
+    def reap(self, is_session_alive: Callable[[str], bool] | None = None) -> list[str]:
+        """Cancel the jobs of sessions that are gone; returns their session ids. Call it on each rerun."""
+        alive = is_session_alive or session_alive
+        with self._lock:
+            sessions = list(self._by_session)
+        dead = []
+        for sid in sessions:
+            try:
+                gone = not alive(sid)
+            except Exception:
+                log.exception("clipviz: could not tell whether session %s is alive; keeping its job", sid)
+                gone = False
+            if gone:
+                self.cancel_session(sid)
+                dead.append(sid)
+        return dead
+
+    def active(self) -> list[Job]:
+        """Running jobs, then queued ones in the order they will start."""
+        with self._lock:
+            return [*self._running, *self._queue]
+
+    def stats(self) -> JobStats:
+        with self._lock:
+            return JobStats(len(self._running), len(self._queue), self.max_running)
+
+    def shutdown(self, timeout: float = 1.0) -> bool:
+        """Stop every job and wait up to `timeout` s for their threads; True if all ended."""
+        with self._lock:
+            jobs = [*self._running, *self._queue]
+            self._by_session.clear()
+        for j in jobs:
+            j.stop()
+        deadline = time.monotonic() + timeout
+        return all(j.join(max(0.0, deadline - time.monotonic())) for j in jobs)
+
+    def _schedule(self) -> None:
+        """Start queued jobs while slots are free; renumber the rest. Caller holds the lock."""
+        while self._queue and len(self._running) < self.max_running:
+            job = self._queue.popleft()
+            self._running.append(job)
+            try:
+                job.start()
+            except Exception as exc:  # e.g. the OS refused a thread: fail this job, keep the server going
+                log.exception("clipviz job %s could not start", job.id)
+                with job._cond:
+                    job._set_locked(state="failed", error=f"{type(exc).__name__}: {exc}")
+                self._running.remove(job)
+                job._finish()
+        for i, job in enumerate(self._queue, 1):
+            job._set_queue_position(i)
+
+    def _release(self, job: Job) -> None:
+        """A job ended (or was stopped while queued): free its slot and start the next."""
+        with self._lock:
+            if job in self._running:
+                self._running.remove(job)
+            if job in self._queue:
+                self._queue.remove(job)
+            if job.session_id is not None and self._by_session.get(job.session_id) is job:
+                del self._by_session[job.session_id]
+            self._schedule()
+
+
+_manager: JobManager | None = None
+_manager_lock = threading.Lock()
+
+
+def get_manager() -> JobManager:
+    """The server's one JobManager (the app may also wrap this in st.cache_resource)."""
+    global _manager
+    with _manager_lock:
+        if _manager is None:
+            _manager = JobManager()
+        return _manager
+
+
+def session_alive(session_id: str) -> bool:
+    """False only when a Streamlit runtime exists and no longer knows the session.
+
+    Streamlit 1.67: `Runtime.is_active_session` (thread-safe) covers connected sessions; a
+    disconnected one stays resumable for ~2 minutes in the session manager's storage (a TTL cache,
+    evicted without any callback), which only the private `_session_mgr.get_session_info` sees.
+    Without a runtime (tests, CLI, bare `python`) every session counts as alive.
+    """
+    try:
+        from streamlit import runtime
+    except ImportError:
+        return True
+    if not runtime.exists():
+        return True
+    rt = runtime.get_instance()
+    if rt.is_active_session(session_id):
+        return True
+    get_info = getattr(getattr(rt, "_session_mgr", None), "get_session_info", None)
+    if get_info is None:  # a future streamlit without it: only connected sessions count
+        return False
+    try:
+        return get_info(session_id) is not None
+    except Exception:  # storage changed under us (another thread): assume alive, ask again next rerun
+        return True

@@ -1,0 +1,536 @@
+"""Charts: records -> plotly figures. Pure functions: no widgets, no training, no streamlit.
+
+NaN and +-inf are the subject of this tool, so they are drawn, never dropped: a red x at the top edge of
+the plot (-inf at the bottom) whose hover gives the exact value; values a log axis cannot show (zero,
+negative) get a red triangle at the bottom edge. Every strategy keeps one hue in every chart.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
+from plotly.subplots import make_subplots
+
+from ..config import ClipSpec, RunSpec
+from ..records import NORM_EDGES, VALUE_EDGES, RunResult, norm_histogram
+
+# Okabe-Ito, colour-blind safe; vermillion is kept for non-finite markers, yellow darkened to read on white
+STRATEGY_COLORS = {
+    "none": "#7f7f7f",
+    "value": "#e69f00",
+    "norm": "#0072b2",
+    "tensor-norm": "#009e73",
+    "agc": "#cc79a7",
+    "autoclip": "#56b4e9",
+    "zclip": "#c4b000",
+}
+NONFINITE_COLOR = "#d55e00"
+_OTHER = "#444444"  # a label whose strategy we cannot tell
+_FONT = 16
+# log10 edges of the 50 finite norm rows: [below 1e-4, the 48 NORM_EDGES bins, above 1e8], a quarter decade each
+_NORM_LOG = np.linspace(np.log10(NORM_EDGES[0]) - 0.25, np.log10(NORM_EDGES[-1]) + 0.25, len(NORM_EDGES) + 2)
+_NF = len(NORM_EDGES) + 1  # index of the non-finite row
+SETTING_COLUMNS = ["strategy", "threshold", "optimizer", "lr", "momentum", "batch", "epochs", "seed", "dataset"]
+SETTING_COLUMNS += ["n_samples", "noise", "scale_x", "scale_y", "model", "width", "depth", "activation", "init"]
+SETTING_COLUMNS += ["init_scale"]
+
+
+# ---- colours ----------------------------------------------------------------------------------------
+def _strategy(obj: Any) -> str:
+    obj = obj.spec if isinstance(obj, RunResult) else obj
+    obj = obj.clip if isinstance(obj, RunSpec) else obj
+    if isinstance(obj, ClipSpec):
+        return obj.strategy
+    words = str(obj).strip().lower().split()
+    return words[0].partition(":")[0] if words else ""
+
+
+def strategy_color(spec_or_label: RunResult | RunSpec | ClipSpec | str) -> str:
+    """The one hue of a strategy, from a result, spec, clip spec, strategy name or label such as 'value:5'."""
+    return STRATEGY_COLORS.get(_strategy(spec_or_label), _OTHER)
+
+
+def _shade(hex_color: str, rank: int, n: int) -> str:
+    """Same hue, lightness spread over n variants (rank 0 darkest)."""
+    if n <= 1:
+        return hex_color
+    h, light, s = colorsys.rgb_to_hls(*(int(hex_color[i : i + 2], 16) / 255 for i in (1, 3, 5)))
+    light = min(0.78, max(0.18, light + (rank / (n - 1) - 0.5) * min(0.45, 0.15 * (n - 1))))
+    return "#" + "".join(f"{round(c * 255):02x}" for c in colorsys.hls_to_rgb(h, light, s))
+
+
+def run_colors(results: Sequence[RunResult]) -> list[str]:
+    """One colour per run: its strategy's hue, darker to lighter by threshold, lr and seed within the strategy."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, res in enumerate(results):
+        groups[res.spec.clip.strategy].append(i)
+    out = [""] * len(results)
+    for strat, idx in groups.items():
+        sp = {i: results[i].spec for i in idx}
+        ranked = sorted(idx, key=lambda i: (sp[i].clip.threshold or 0.0, sp[i].optim.lr, sp[i].seed, i))
+        for rank, i in enumerate(ranked):
+            out[i] = _shade(strategy_color(strat), rank, len(idx))
+    return out
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    return "rgba({},{},{},{})".format(*(int(hex_color[i : i + 2], 16) for i in (1, 3, 5)), alpha)
+
+
+# ---- non-finite values and shared trace builders ------------------------------------------------------
+def _fmt(v: float) -> str:
+    return f"{v:.6g}" if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
+
+
+def _ok(v: float, log: bool) -> bool:
+    return math.isfinite(v) and (v > 0 or not log)
+
+
+def _diverged_text(res: RunResult) -> str:
+    return f"diverged at epoch {res.diverged[0]}, step {res.diverged[1]}" if res.diverged else ""
+
+
+def _edges(values: Sequence[float], log: bool) -> tuple[float, float, float]:
+    """(top, bottom, pad): marker rows just outside the plottable values; pad multiplies (log) or adds."""
+    ok = [v for v in values if _ok(v, log)]
+    if not ok:
+        return (10.0, 0.1, 3.0) if log else (1.0, 0.0, 0.1)
+    hi, lo = max(ok), min(ok)
+    if log:
+        pad = max(hi / lo, 10.0) ** 0.08
+        return hi * pad, lo / pad, pad
+    pad = 0.08 * (hi - lo) or 0.1 * abs(hi) or 0.1
+    return hi + pad, lo - pad, pad
+
+
+def _line(xs, ys, name: str, color: str, hover: str, log: bool = False, dash: str = "solid", **kw) -> go.Scatter:
+    """A run's line; values the axis cannot show become gaps (their markers come from _bad_points)."""
+    y = [v if _ok(v, log) else None for v in ys]
+    kw.setdefault("legendgroup", name)
+    kw.setdefault("mode", "lines+markers")
+    line = dict(color=color, width=kw.pop("width", 3), dash=dash, shape=kw.pop("shape", "linear"))
+    return go.Scatter(x=list(xs), y=y, name=name, line=line, hovertemplate=hover + "<extra></extra>", **kw)
+
+
+def _marks(xs, ys, hover, text=None, symbol: Any = "x", group: str = "", pos: str = "middle right") -> go.Scatter:
+    """Red markers for non-finite, diverged or off-axis values; the hover says what and where."""
+    marker = dict(symbol=symbol, size=16, color=NONFINITE_COLOR, line=dict(width=1, color="white"))
+    mode = "markers+text" if text else "markers"
+    return go.Scatter(x=xs, y=ys, mode=mode, text=text, textposition=pos, marker=marker, hovertext=hover, name=group,
+                      hoverinfo="text", legendgroup=group, showlegend=False, cliponaxis=False,
+                      textfont=dict(color=NONFINITE_COLOR, size=_FONT))  # fmt: skip
+
+
+def _bad_points(xs, ys, log: bool, top: float, bottom: float, res: RunResult, what: str, group: str = ""):
+    """Markers at the plot's edge for the values an axis cannot show, or None when there are none."""
+    bad = [(x, v) for x, v in zip(xs, ys, strict=True) if not _ok(v, log)]
+    if not bad:
+        return None
+    note = f" ({_diverged_text(res)})" if res.diverged else ""
+    low = [v == -math.inf or math.isfinite(v) for _, v in bad]  # -inf, and 0/negative on a log axis
+    why = [" (not shown on a log axis)" if math.isfinite(v) else note for _, v in bad]
+    hover = [f"{res.label}<br>epoch {x}: {what} = {_fmt(v)}{w}" for (x, v), w in zip(bad, why, strict=True)]
+    sym = ["x" if not math.isfinite(v) else "triangle-down" for _, v in bad]
+    return _marks([x for x, _ in bad], [bottom if lw else top for lw in low], hover, symbol=sym, group=group)
+
+
+def _div_marker(res: RunResult, y: float, group: str, text: str = "", pos: str = "middle right") -> go.Scatter:
+    """A red x at the epoch the run diverged, at height y, optionally labelled."""
+    return _marks([res.diverged[0]], [y], [f"{res.label}: {_diverged_text(res)}"], [text] if text else None,
+                  group=group, pos=pos)  # fmt: skip
+
+
+# ---- layout -----------------------------------------------------------------------------------------
+def _style(fig: go.Figure, title: str, height: int, uirevision: str) -> go.Figure:
+    """Projector-readable: large fonts, legend outside the plot on the right, zoom kept across live updates."""
+    fig.update_layout(
+        template="plotly_white",
+        title=dict(text=title, font=dict(size=_FONT + 4)),
+        height=height,
+        font=dict(size=_FONT),
+        hoverlabel=dict(font=dict(size=_FONT)),
+        legend=dict(font=dict(size=_FONT - 2), x=1.02, xanchor="left", y=1, yanchor="top"),
+        margin=dict(l=80, r=30, t=120 if fig.layout.annotations else 90, b=70),
+        uirevision=uirevision,
+    )
+    return fig
+
+
+def empty_figure(message: str, height: int = 400) -> go.Figure:
+    """A blank figure with a centred message (before any run exists)."""
+    fig = go.Figure()
+    font = dict(size=_FONT + 6, color="#555555")
+    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font=font)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return _style(fig, "", height, "empty")
+
+
+def _subplots(results: Sequence[RunResult], max_cols: int, **kw) -> tuple[go.Figure, int, int]:
+    """Small multiples, one panel per run, titles in the run's colour (with its divergence)."""
+    cols = max(1, min(len(results), max_cols))
+    rows = -(-len(results) // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[r.label for r in results], **kw)
+    for ann, res, c in zip(fig.layout.annotations, results, run_colors(results), strict=True):
+        ann.text = res.label + (f"<br><sub>{_diverged_text(res)}</sub>" if res.diverged else "")
+        ann.font = dict(color=c, size=_FONT)
+    return fig, rows, cols
+
+
+def _note(fig: go.Figure, k: int, text: str, color: str = "#555555") -> None:
+    """A message in the middle of panel k (1-based), e.g. 'no epochs yet'."""
+    ref = "" if k == 1 else str(k)
+    fig.add_annotation(text=text, x=0.5, y=0.5, xref=f"x{ref} domain", yref=f"y{ref} domain", showarrow=False,
+                       font=dict(color=color))  # fmt: skip
+
+
+def _epoch_axis(results: Sequence[RunResult]) -> dict[str, Any]:
+    """Whole-number epoch ticks, about ten of them."""
+    last = max((r.epoch for res in results for r in res.records), default=1)
+    return dict(title="epoch", dtick=next((d for d in (1, 2, 5, 10, 20, 50, 100, 200) if d >= last / 10), 500))
+
+
+def _no_records(results: Sequence[RunResult]) -> bool:
+    return not any(r.records for r in results)
+
+
+# ---- (a) loss curves --------------------------------------------------------------------------------
+def loss_curves(
+    results: Sequence[RunResult], which: Sequence[str] = ("train", "val"), log_y: bool = True, height: int = 480
+) -> go.Figure:
+    """Train (solid) and validation (dashed) loss per epoch, all runs overlaid; divergences marked and labelled."""
+    if _no_records(results):
+        return empty_figure("no epochs yet: start a run to see its loss curves", height)
+    series = [
+        (res, c, kind, [r.epoch for r in res.records], [float(getattr(r, f"{kind}_loss")) for r in res.records])
+        for res, c in zip(results, run_colors(results), strict=True)
+        for kind in which
+    ]
+    top, bottom, pad = _edges([v for *_, ys in series for v in ys], log_y)
+    fig = go.Figure()
+    for res, c, kind, xs, ys in series:
+        hover = f"{res.label}<br>epoch %{{x}}<br>{kind} loss = %{{y:.6g}}"
+        dash = {"train": "solid", "val": "dash"}.get(kind, "dot")
+        fig.add_trace(_line(xs, ys, f"{res.label} {kind}", c, hover, log_y, dash, legendgroup=res.label))
+        bad = _bad_points(xs, ys, log_y, top, bottom, res, f"{kind} loss", res.label)
+        if bad:
+            fig.add_trace(bad)
+    last = max(r.epoch for res in results for r in res.records)
+    for i, res in enumerate(r for r in results if r.diverged):
+        y = top * pad**i if log_y else top + pad * i  # stagger the labels of runs that diverge together
+        pos = "middle right" if res.diverged[0] <= (last + 1) / 2 else "middle left"
+        fig.add_trace(_div_marker(res, y, res.label, f"{res.label} {_diverged_text(res)}", pos))
+    fig.update_xaxes(**_epoch_axis(results))
+    fig.update_yaxes(title="loss (log scale)" if log_y else "loss", type="log" if log_y else "linear")
+    return _style(fig, "Loss per epoch (train solid, validation dashed)", height, f"loss:{log_y}")
+
+
+# ---- (b) gradient-norm distribution over epochs -------------------------------------------------------
+def _norm_rows(values: Sequence[float]) -> np.ndarray:
+    """[51] counts: below 1e-4, the 48 NORM_EDGES bins, above 1e8, non-finite."""
+    h = norm_histogram(values)
+    return np.array([h["below"], *h["counts"], h["above"], h["nonfinite"]], dtype=float)
+
+
+def _row_label(i: int) -> str:
+    if i == 0:
+        return f"‖g‖ < {NORM_EDGES[0]:.3g}"
+    if i == len(NORM_EDGES):
+        return f"‖g‖ > {NORM_EDGES[-1]:.3g}"
+    return f"‖g‖ in [{NORM_EDGES[i - 1]:.3g}, {NORM_EDGES[i]:.3g})"
+
+
+def _row_span(grids: Sequence[np.ndarray], also: Sequence[float] = ()) -> tuple[int, int]:
+    """First and last finite row with counts over all runs (or holding a value in also), one row of margin."""
+    used = np.flatnonzero(sum((g[:_NF].sum(axis=1) for g in grids if g.size), np.zeros(_NF)))
+    used = np.sort(np.concatenate([used, np.searchsorted(_NORM_LOG, np.log10(also)) - 1])).clip(0, _NF - 1)
+    return (max(0, used[0] - 1), min(_NF - 1, used[-1] + 1)) if used.size else (13, 21)
+
+
+def _norm_figure(results: Sequence[RunResult], post: bool, thresholds, height: int, title: str) -> go.Figure:
+    grids = [np.array([_norm_rows(r.grad_norm_post if post else r.grad_norm_pre) for r in res.records]).T
+             for res in results]  # fmt: skip  # each [51, epochs]
+    norm_clip = [res.spec.clip.strategy in ("norm", "tensor-norm") for res in results]
+    thresholds = [
+        res.spec.clip.threshold if t is None and nc else t
+        for res, t, nc in zip(results, thresholds, norm_clip, strict=True)
+    ]
+    thresholds = [t if t is not None and math.isfinite(t) and t > 0 else None for t in thresholds]
+    lo, hi = _row_span(grids, [t for t in thresholds if t])
+    ys = list((_NORM_LOG[lo : hi + 1] + _NORM_LOG[lo + 1 : hi + 2]) / 2)
+    ys += [ys[-1] + 0.25, ys[-1] + 0.5]  # an empty row, then the non-finite row
+    labels = [_row_label(i) for i in range(lo, hi + 1)] + ["", "non-finite ‖g‖"]
+    zmax = max((g.max() for g in grids if g.size), default=1.0)
+    fig, _, _ = _subplots(results, len(results), shared_yaxes=True, shared_xaxes="all", horizontal_spacing=0.02)
+    for j, (res, g, thr) in enumerate(zip(results, grids, thresholds, strict=True), start=1):
+        if not g.size:
+            _note(fig, j, "no epochs yet")
+            continue
+        epochs = [r.epoch for r in res.records]
+        z = np.vstack([g[lo : hi + 1], np.zeros((1, g.shape[1])), g[_NF:]])
+        text = [[f"epoch {e}<br>{lab}<br>{int(n)} steps" for e, n in zip(epochs, row, strict=True)]
+                for lab, row in zip(labels, z, strict=True)]  # fmt: skip
+        zz = [[n if n > 0 else None for n in row] for row in z.tolist()]  # empty cells stay blank
+        hm = go.Heatmap(x=epochs, y=ys, z=zz, text=text, hoverongaps=False, coloraxis="coloraxis", name=res.label,
+                        hovertemplate="%{text}<extra></extra>")  # fmt: skip
+        fig.add_trace(hm, row=1, col=j)
+        nf = [(e, int(n)) for e, n in zip(epochs, g[_NF], strict=True) if n > 0]
+        if nf:
+            hover = [f"{res.label}<br>epoch {e}: {n} non-finite ‖g‖ {_diverged_text(res)}" for e, n in nf]
+            mark = _marks([e for e, _ in nf], [ys[-1]] * len(nf), hover, [str(n) for _, n in nf], group=res.label)
+            fig.add_trace(mark, row=1, col=j)
+        if thr:
+            per = " per tensor" if res.spec.clip.strategy == "tensor-norm" else ""
+            line = dict(color="black", dash="dash", width=3)
+            fig.add_hline(y=math.log10(thr), line=line, annotation_text=f"clip at {thr:g}{per}", row=1, col=j)
+    ticks = [k for k in range(-4, 9) if ys[0] <= k <= ys[-1]]
+    fig.update_yaxes(tickvals=ticks + [ys[-1]], ticktext=[f"1e{k}" if k else "1" for k in ticks] + ["non-finite"])
+    fig.update_yaxes(range=[ys[0] - 0.125, ys[-1] + 0.125])
+    fig.update_yaxes(title=f"{'post' if post else 'pre'}-clip ‖g‖ (log)", row=1, col=1)
+    fig.update_xaxes(**_epoch_axis(results))
+    fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=0, cmax=zmax, colorbar=dict(title="steps")))
+    return _style(fig, title, height, f"norms:{post}")
+
+
+def norm_distribution(
+    result: RunResult, post: bool = False, threshold: float | None = None, height: int = 480
+) -> go.Figure:
+    """One run's gradient norm per step, as a heatmap of epoch x log10 ‖g‖ (TensorBoard's distributions)."""
+    when = "post" if post else "pre"
+    return _norm_figure([result], post, [threshold], height, f"Gradient norm per step, {when}-clip: {result.label}")
+
+
+def norm_distribution_grid(results: Sequence[RunResult], post: bool = False, height: int = 480) -> go.Figure:
+    """norm_distribution for every run, one column each, on the same axes."""
+    if not results:
+        return empty_figure("no runs yet", height)
+    title = f"Gradient norm per step, {'post' if post else 'pre'}-clip"
+    return _norm_figure(results, post, [None] * len(results), height, title)
+
+
+# ---- (c) one epoch's norm histogram, runs overlaid ----------------------------------------------------
+def epoch_histogram(results: Sequence[RunResult], epoch: int, post: bool = False, height: int = 480) -> go.Figure:
+    """One epoch's gradient-norm histogram, every run overlaid as a step line on the same log bins."""
+    if not results:
+        return empty_figure("no runs yet", height)
+    found = [next((r for r in res.records if r.epoch == epoch), None) for res in results]
+    rows = [_norm_rows(r.grad_norm_post if post else r.grad_norm_pre) if r else np.zeros(_NF + 1) for r in found]
+    lo, hi = _row_span([r[:, None] for r in rows])
+    xs = 10 ** _NORM_LOG[lo : hi + 2]
+    labels = [_row_label(i) for i in range(lo, hi + 1)]
+    fig = go.Figure()
+    for res, c, rec, cnt in zip(results, run_colors(results), found, rows, strict=True):
+        if rec is None:  # a legend entry that says why this run is missing
+            why = f" ({_diverged_text(res)})" if res.diverged else ""
+            fig.add_trace(_line([None], [math.nan], f"{res.label}: no record for epoch {epoch}{why}", c, ""))
+            continue
+        hover = f"{res.label}<br>%{{customdata}}: %{{y}} steps"
+        y = [*cnt[lo : hi + 1], cnt[hi]]
+        fig.add_trace(_line(xs, y, res.label, c, hover, mode="lines", shape="hv", customdata=labels + labels[-1:]))
+        if cnt[_NF] > 0:
+            n = int(cnt[_NF])
+            hover = f"{res.label}<br>epoch {epoch}: {n} non-finite ‖g‖ {_diverged_text(res)}"
+            x_bad = 10 ** (_NORM_LOG[hi + 1] + 0.5)
+            fig.add_trace(_marks([x_bad], [n], [hover], [f"{n} non-finite"], group=res.label, pos="middle left"))
+    missing = [res.label for res, rec in zip(results, found, strict=True) if rec is None]
+    if missing:
+        fig.add_annotation(text=f"no record for epoch {epoch}: {', '.join(missing)}", x=0, y=1.02, xref="paper",
+                           yref="paper", xanchor="left", yanchor="bottom", showarrow=False)  # fmt: skip
+    fig.update_xaxes(type="log", title=f"{'post' if post else 'pre'}-clip global ‖g‖ (log bins)", exponentformat="e")
+    fig.update_yaxes(title="steps", rangemode="tozero")
+    return _style(fig, f"Gradient norms in epoch {epoch}, all runs", height, f"epoch_hist:{post}")
+
+
+# ---- (d) per-layer norms ----------------------------------------------------------------------------
+def layer_norms(results: Sequence[RunResult], height: int | None = None) -> go.Figure:
+    """Mean pre-clip gradient norm of each parameter tensor per epoch: one panel per run, colour by depth."""
+    if _no_records(results):
+        return empty_figure("no epochs yet", height or 400)
+    names = list(dict.fromkeys(n for res in results for r in res.records for n in r.layer_norms))
+    layers = list(dict.fromkeys(n.rsplit(".", 1)[0] for n in names))
+    palette = sample_colorscale("Viridis", [0.85 * i / max(1, len(layers) - 1) for i in range(len(layers))])
+    top, bottom, _ = _edges([float(v) for res in results for r in res.records for v in r.layer_norms.values()], True)
+    fig, n_rows, n_cols = _subplots(results, 3, shared_xaxes="all", shared_yaxes="all", horizontal_spacing=0.04)
+    for k, res in enumerate(results):
+        at = dict(row=k // n_cols + 1, col=k % n_cols + 1)
+        xs = [r.epoch for r in res.records]
+        for name in names:
+            ys = [float(r.layer_norms.get(name, math.nan)) for r in res.records]
+            color, dash = palette[layers.index(name.rsplit(".", 1)[0])], "dot" if name.endswith("bias") else "solid"
+            hover = f"{res.label}<br>{name}<br>epoch %{{x}}: ‖g‖ = %{{y:.6g}}"
+            fig.add_trace(_line(xs, ys, name, color, hover, True, dash, showlegend=k == 0), **at)
+            bad = _bad_points(xs, ys, True, top, bottom, res, f"‖g[{name}]‖", name)
+            if bad:
+                fig.add_trace(bad, **at)
+    fig.update_yaxes(type="log", exponentformat="e")
+    fig.update_yaxes(title="mean ‖g‖ per tensor", col=1)
+    fig.update_xaxes(**_epoch_axis(results), row=n_rows)
+    title = "Per-layer gradient norms (input layers dark, output light; biases dotted)"
+    return _style(fig, title, height or max(420, 320 * n_rows), "layers")
+
+
+# ---- (e) clip rate ----------------------------------------------------------------------------------
+def clip_rate(results: Sequence[RunResult], height: int | None = None) -> go.Figure:
+    """Fraction of steps clipped per epoch (all runs), and fraction of gradient elements clipped (value clipping)."""
+    if _no_records(results):
+        return empty_figure("no epochs yet", height or 400)
+    panels = [("clip_rate", "steps clipped", list(results))]
+    value_runs = [r for r in results if r.spec.clip.strategy == "value"]
+    if value_runs:
+        panels.append(("elem_clip_frac", "gradient elements clipped (value clipping)", value_runs))
+    titles = [p[1] for p in panels]
+    fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.14, subplot_titles=titles)
+    color = dict(zip((id(r) for r in results), run_colors(results), strict=True))
+    for row, (field, what, runs) in enumerate(panels, start=1):
+        for res in runs:
+            xs, ys = [r.epoch for r in res.records], [float(getattr(r, field)) for r in res.records]
+            hover = f"{res.label}<br>epoch %{{x}}: {what} = %{{y:.4%}}"
+            fig.add_trace(_line(xs, ys, res.label, color[id(res)], hover, showlegend=row == 1), row=row, col=1)
+            bad = _bad_points(xs, ys, False, 1.08, -0.04, res, what, res.label)
+            if bad:
+                fig.add_trace(bad, row=row, col=1)
+    fig.update_yaxes(range=[-0.04, 1.12], tickformat=".0%", title="fraction")
+    fig.update_xaxes(**_epoch_axis(results), row=len(panels))
+    return _style(fig, "How often the clip acts", height or 300 + 200 * len(panels), "clip_rate")
+
+
+# ---- (f) gradient element values --------------------------------------------------------------------
+_V_MIN = float(np.abs(VALUE_EDGES[VALUE_EDGES != 0]).min())  # smallest nonzero |edge|: linear inside, log outside
+
+
+def _symlog(v: Any) -> np.ndarray:
+    """Symmetric log position: linear for |v| < m (the smallest nonzero edge, at ±1), sign * (log10(|v|/m) + 1) out."""
+    v = np.asarray(v, dtype=float)
+    a = np.abs(v)
+    return np.where(a < _V_MIN, v / _V_MIN, np.sign(v) * (np.log10(np.maximum(a, _V_MIN) / _V_MIN) + 1))
+
+
+_VU = _symlog(VALUE_EDGES)
+_V_LEFT = np.concatenate([[_VU[0] - 0.5], _VU])  # bins in position units: below, the VALUE_EDGES bins, above
+_V_RIGHT = np.concatenate([_VU, [_VU[-1] + 0.5]])
+_V_NAMES = [f"{a:.3g} to {b:.3g}" for a, b in zip(VALUE_EDGES[:-1], VALUE_EDGES[1:], strict=True)]
+_V_NAMES = [f"≤ {VALUE_EDGES[0]:.3g} (incl. -inf)", *_V_NAMES, f"≥ {VALUE_EDGES[-1]:.3g} (incl. +inf)"]
+_V_TICKS = sorted({0.0, *(s * t for s in (-1, 1) for t in (1.0, float(VALUE_EDGES[-1])) if _V_MIN < t)})
+
+
+def value_histogram(
+    results: Sequence[RunResult], epoch: int | None = None, post: bool = True, height: int | None = None
+) -> go.Figure:
+    """Gradient element values on symmetric log bins, one epoch (or all): value clipping piles up at ±c."""
+    if _no_records(results):
+        return empty_figure("no epochs yet", height or 400)
+    fig, n_rows, n_cols = _subplots(results, 4, shared_yaxes="all", shared_xaxes="all", horizontal_spacing=0.03)
+    x_nan = float(_VU[-1]) + 2.5
+    for k, (res, c) in enumerate(zip(results, run_colors(results), strict=True)):
+        at = dict(row=k // n_cols + 1, col=k % n_cols + 1)
+        recs = [r for r in res.records if epoch is None or r.epoch == epoch]
+        hists = [h for r in recs if len(h := r.value_hist_post if post else r.value_hist_pre) == len(VALUE_EDGES) + 2]
+        if not hists:
+            why = "no value histogram recorded" if recs else f"no record for epoch {epoch}"
+            _note(fig, k + 1, why + (f"<br>({_diverged_text(res)})" if res.diverged else ""))
+            continue
+        cnt = np.sum(hists, axis=0)
+        hover = f"{res.label}<br>value in %{{customdata}}: %{{y}} elements<extra></extra>"
+        bar = go.Bar(x=(_V_LEFT + _V_RIGHT) / 2, width=_V_RIGHT - _V_LEFT, y=[v if v > 0 else None for v in cnt[:-1]],
+                     marker_color=c, marker_line_width=0, name=res.label, showlegend=False, customdata=_V_NAMES,
+                     hovertemplate=hover)  # fmt: skip
+        fig.add_trace(bar, **at)
+        if cnt[-1] > 0:
+            n = int(cnt[-1])
+            mark = _marks([x_nan], [n], [f"{res.label}: {n} NaN elements"], [f"{n} NaN"], pos="top center")
+            fig.add_trace(mark, **at)
+        thr = res.spec.clip.threshold
+        if res.spec.clip.strategy == "value" and thr and math.isfinite(thr) and thr > 0:
+            for sign, txt in ((-1, "-c"), (1, f"+c = {thr:g}")):
+                x = float(sign * np.clip(_symlog(thr), 1, _VU[-1]))
+                fig.add_vline(x=x, line=dict(color="black", dash="dash", width=2), annotation_text=txt, **at)
+    ticks = [float(_symlog(t)) for t in _V_TICKS] + [x_nan]
+    fig.update_xaxes(
+        tickvals=ticks,
+        ticktext=[f"{t / 1e3:.0f}k" if abs(t) >= 1e3 else f"{t:g}" for t in _V_TICKS] + ["NaN"],
+        tickangle=0,
+    )
+    fig.update_xaxes(range=[_V_LEFT[0] - 0.2, x_nan + 0.6])
+    fig.update_xaxes(title="gradient element value (symmetric log)", row=n_rows)
+    fig.update_yaxes(type="log", exponentformat="e")
+    fig.update_yaxes(title="elements", col=1)
+    when = "all epochs" if epoch is None else f"epoch {epoch}"
+    title = f"Gradient element values, {'post' if post else 'pre'}-clip, {when}"
+    return _style(fig, title, height or max(420, 320 * n_rows), f"values:{post}")
+
+
+# ---- seeds ------------------------------------------------------------------------------------------
+def seed_band(
+    results: Sequence[RunResult], metric: str = "val_loss", log_y: bool | None = None, height: int = 480
+) -> go.Figure:
+    """Median line and interquartile band over runs that differ only by seed; diverged seeds counted and marked."""
+    if _no_records(results):
+        return empty_figure("no epochs yet", height)
+    log_y = metric.endswith("loss") if log_y is None else log_y
+    groups: dict[RunSpec, list[RunResult]] = defaultdict(list)
+    for res in results:
+        groups[replace(res.spec, seed=0, label="")].append(res)
+    lrs = {key.optim.lr for key in groups}
+    colors = run_colors([runs[0] for runs in groups.values()])
+    top, bottom, _ = _edges([float(getattr(r, metric)) for res in results for r in res.records], log_y)
+    fig = go.Figure()
+    for (key, runs), c in zip(groups.items(), colors, strict=True):
+        bad = [r for r in runs if r.diverged or any(not _ok(float(getattr(x, metric)), log_y) for x in r.records)]
+        name = key.clip.label + (f" lr={key.optim.lr:g}" if len(lrs) > 1 else "")
+        name += f" ({len(bad)}/{len(runs)} seeds diverged)" if bad else f" ({len(runs)} seeds)"
+        epochs = sorted({r.epoch for res in runs for r in res.records})
+        per = [[float(getattr(r, metric)) for res in runs for r in res.records if r.epoch == e] for e in epochs]
+        per = [[v for v in vs if _ok(v, log_y)] for vs in per]
+        q = np.array([np.percentile(vs, [25, 50, 75]) if vs else [np.nan] * 3 for vs in per]).reshape(-1, 3).T
+        n_ok = [f"{len(vs)}/{len(runs)} finite" for vs in per]
+        iqr = [f"IQR [{_fmt(a)}, {_fmt(b)}], {n}" for a, b, n in zip(q[0], q[2], n_ok, strict=True)]
+        fig.add_trace(_line(epochs, q[2], f"{name} q75", c, "", log_y, mode="lines", width=0, hoverinfo="skip",
+                            showlegend=False, legendgroup=name))  # fmt: skip
+        fig.add_trace(_line(epochs, q[0], f"{name} q25", c, "", log_y, mode="lines", width=0, hoverinfo="skip",
+                            showlegend=False, legendgroup=name, fill="tonexty", fillcolor=_rgba(c, 0.25)))  # fmt: skip
+        hover = f"{name}<br>epoch %{{x}}: median {metric} = %{{y:.6g}}<br>%{{customdata}}"
+        fig.add_trace(_line(epochs, q[1], name, c, hover, log_y, customdata=iqr))
+        for res in bad:
+            ys = [float(getattr(r, metric)) for r in res.records]
+            mark = _bad_points([r.epoch for r in res.records], ys, log_y, top, bottom, res, metric, name)
+            fig.add_trace(mark or _div_marker(res, top, name))  # diverged with a finite metric: mark where it stopped
+    fig.update_xaxes(**_epoch_axis(results))
+    fig.update_yaxes(title=f"{metric} (median, IQR band)", type="log" if log_y else "linear")
+    return _style(fig, f"Spread over seeds: {metric}", height, f"seeds:{metric}:{log_y}")
+
+
+# ---- table ------------------------------------------------------------------------------------------
+def _best(values: Sequence[float]) -> float:
+    ok = [v for v in values if math.isfinite(v)]
+    return min(ok) if ok else math.nan
+
+
+def runs_table(results: Sequence[RunResult]) -> pd.DataFrame:
+    """One row per run: its settings (SETTING_COLUMNS), final and best losses, and where it diverged."""
+    rows = []
+    for res in results:
+        s, recs = res.spec, res.records
+        d, m, o = s.data, s.model, s.optim
+        tr, va = [float(r.train_loss) for r in recs], [float(r.val_loss) for r in recs]
+        settings = [s.clip.strategy, s.clip.threshold, o.name, o.lr, o.momentum, o.batch_size, o.epochs, s.seed]
+        settings += [d.name, d.n_samples, d.noise, d.scale_x, d.scale_y, m.kind, m.width, m.depth, m.activation]
+        settings += [m.init, m.init_scale]
+        rows.append({"run": res.label, **dict(zip(SETTING_COLUMNS, settings, strict=True)), "epochs_done": len(recs),
+                     "final_train": tr[-1] if tr else math.nan, "final_val": va[-1] if va else math.nan,
+                     "best_train": _best(tr), "best_val": _best(va), "diverged": _diverged_text(res)})  # fmt: skip
+    columns = ["run", *SETTING_COLUMNS, "epochs_done", "final_train", "final_val", "best_train", "best_val", "diverged"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def differing_columns(df: pd.DataFrame) -> list[str]:
+    """The setting columns whose values differ between runs (NaN and None count as one value)."""
+    return [c for c in SETTING_COLUMNS if c in df.columns and df[c].astype(str).nunique() > 1]

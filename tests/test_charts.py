@@ -1,0 +1,292 @@
+"""Charts: records -> figures. Properties: every run drawn, non-finite values shown as markers, colours fixed per
+strategy, figures serialise (no NaN crash), empty and partial inputs handled."""
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+from clipviz.config import TUTORIAL, ClipSpec, OptimSpec, RunSpec
+from clipviz.records import NORM_EDGES, VALUE_EDGES, EpochRecord, RunResult
+from clipviz.ui import charts
+
+INF, NAN = math.inf, math.nan
+N_VALUE = len(VALUE_EDGES) + 2
+
+
+def _rec(epoch, train, val, norms=(1.0, 2.0, 3.0), *, label="run", diverged=None, clip=0.5, vhist=None):
+    post = [min(n, 1.0) if math.isfinite(n) else n for n in norms]
+    hist = vhist if vhist is not None else [0] * 20 + [5, 10, 5] + [0] * (N_VALUE - 23)
+    return EpochRecord(
+        run=0,
+        label=label,
+        epoch=epoch,
+        train_loss=train,
+        val_loss=val,
+        grad_norm_pre=list(norms),
+        grad_norm_post=post,
+        layer_norms={"hidden1.weight": norms[0], "hidden1.bias": norms[0] / 2, "out.weight": norms[-1]},
+        clip_rate=clip,
+        elem_clip_frac=clip / 2,
+        value_hist_pre=list(hist),
+        value_hist_post=list(hist),
+        diverged=diverged,
+    )
+
+
+def _run(strategy="none", threshold=None, losses=(100.0, 50.0, 20.0), seed=1, lr=0.01, **kw):
+    spec = RunSpec(clip=ClipSpec(strategy, threshold), seed=seed, optim=OptimSpec(lr=lr, epochs=3))
+    spec = replace(spec, label=kw.pop("label", ""))
+    recs = [_rec(e, v, v * 1.1, label=spec.name, **kw) for e, v in enumerate(losses, start=1)]
+    return RunResult(spec, recs)
+
+
+def _diverged():
+    """The tutorial's 'none' run: inf/NaN loss and norms at epoch 1, step 8, then no more records."""
+    spec = RunSpec(clip=ClipSpec("none"), optim=OptimSpec(epochs=3))
+    rec = _rec(1, INF, NAN, (400.0, 2e3, 1e9, INF, NAN), label="none", diverged=(1, 8))
+    rec.value_hist_pre[-1] = 4388  # NaN elements
+    return RunResult(spec, [rec])
+
+
+@pytest.fixture
+def tutorial():
+    return [_diverged(), _run("value", 5.0, (900.0, 500.0, 300.0)), _run("norm", 1.0, (2e4, 1.9e4, 1.8e4))]
+
+
+def _strict_json(fig: go.Figure) -> dict:
+    """The figure as JSON that a browser can parse: no NaN/Infinity tokens anywhere."""
+
+    def bad(token):
+        raise AssertionError(f"non-JSON token {token} in figure")
+
+    fig.to_html(include_plotlyjs=False)
+    return json.loads(fig.to_json(), parse_constant=bad)
+
+
+def _texts(fig: go.Figure) -> str:
+    """Every human-readable string: trace names, text, hover text, annotations."""
+    parts = []
+    for t in fig.data:
+        for attr in ("name", "text", "hovertext", "hovertemplate"):
+            v = getattr(t, attr, None)
+            parts.append(" ".join(map(str, np.ravel(v))) if isinstance(v, (list, tuple, np.ndarray)) else str(v))
+    parts += [a.text for a in fig.layout.annotations]
+    return "\n".join(parts)
+
+
+def _all_figures(results):
+    return {
+        "loss": charts.loss_curves(results),
+        "loss_lin": charts.loss_curves(results, which=("val",), log_y=False),
+        "grid": charts.norm_distribution_grid(results),
+        "grid_post": charts.norm_distribution_grid(results, post=True),
+        "epoch1": charts.epoch_histogram(results, 1),
+        "epoch3": charts.epoch_histogram(results, 3, post=True),
+        "layers": charts.layer_norms(results),
+        "clip": charts.clip_rate(results),
+        "values": charts.value_histogram(results),
+        "values1": charts.value_histogram(results, epoch=1, post=False),
+        "seeds": charts.seed_band(results),
+    } | {f"dist{i}": charts.norm_distribution(r) for i, r in enumerate(results)}
+
+
+def test_every_figure_serialises_with_nan_and_inf(tutorial):
+    for name, fig in _all_figures(tutorial).items():
+        assert isinstance(fig, go.Figure), name
+        _strict_json(fig)
+        assert fig.layout.uirevision, f"{name}: zoom would reset on every live update"
+
+
+@pytest.mark.parametrize("results", [[], [RunResult(RunSpec())]], ids=["no runs", "run without epochs"])
+def test_empty_inputs_give_a_message_not_an_error(results):
+    for name, fig in _all_figures(results).items():
+        _strict_json(fig)
+        assert fig.layout.annotations, f"{name} shows nothing to explain the empty chart"
+    assert charts.runs_table(results).shape[0] == len(results)
+
+
+def test_loss_curves_mark_divergence_and_nonfinite_points(tutorial):
+    fig = charts.loss_curves(tutorial)
+    lines = [t for t in fig.data if t.mode == "lines+markers"]
+    assert len(lines) == 2 * len(tutorial)  # train and val for every run, the diverged one included
+    assert {t.line.dash for t in lines} == {"solid", "dash"}
+    labels = [t for t in fig.data if t.text and any("diverged at epoch 1, step 8" in s for s in t.text)]
+    assert len(labels) == 1 and labels[0].text[0] == "none diverged at epoch 1, step 8"
+    # inf train loss and NaN val loss: drawn as red x markers above every finite value, not dropped
+    marks = [t for t in fig.data if t.mode == "markers"]
+    hovers = " ".join(h for t in marks for h in t.hovertext)
+    assert "train loss = inf (diverged at epoch 1, step 8)" in hovers and "val loss = nan" in hovers
+    finite = [y for t in lines for y in t.y if y is not None]
+    assert all(y > max(finite) for t in marks for y in t.y)
+    assert fig.layout.yaxis.type == "log"
+
+
+def test_log_axis_marks_zero_and_negative_values():
+    fig = charts.loss_curves([_run("value", 1.0, (10.0, 0.0, -1.0))], which=("train",))
+    (mark,) = [t for t in fig.data if t.mode == "markers"]
+    assert list(mark.x) == [2, 3] and all(y < 10.0 for y in mark.y)
+    assert "not shown on a log axis" in mark.hovertext[0]
+    lin = charts.loss_curves([_run("value", 1.0, (10.0, 0.0, -1.0))], which=("train",), log_y=False)
+    assert [t for t in lin.data if t.mode == "lines+markers"][0].y == (10.0, 0.0, -1.0)
+
+
+def test_strategy_colours_are_fixed_and_shared_across_figures(tutorial):
+    assert len(set(charts.STRATEGY_COLORS.values())) == len(charts.STRATEGY_COLORS) == 7
+    for res in tutorial:
+        c = charts.strategy_color(res.spec.clip.strategy)
+        assert charts.strategy_color(res) == charts.strategy_color(res.spec) == charts.strategy_color(res.label) == c
+    assert charts.strategy_color("tensor-norm:1 seed=3") == charts.STRATEGY_COLORS["tensor-norm"]
+    expected = {r.label: charts.strategy_color(r) for r in tutorial}
+    loss = {t.legendgroup: t.line.color for t in charts.loss_curves(tutorial).data if t.mode == "lines+markers"}
+    clip = {t.name: t.line.color for t in charts.clip_rate(tutorial).data if t.mode == "lines+markers"}
+    hist = {t.name: t.line.color for t in charts.epoch_histogram(tutorial, 2).data if t.mode == "lines"}
+    assert loss == expected and clip == expected
+    assert hist["value:5"] == expected["value:5"] and hist["norm:1"] == expected["norm:1"]
+    titles = {a.text.split("<br>")[0]: a.font.color for a in charts.value_histogram(tutorial).layout.annotations}
+    assert all(titles[k] == v for k, v in expected.items())
+
+
+def test_runs_of_one_strategy_share_hue_but_differ_in_lightness():
+    runs = [_run("norm", t) for t in (0.1, 1.0, 10.0)] + [_run("value", 5.0)]
+    colors = charts.run_colors(runs)
+    assert len(set(colors)) == 4 and colors[3] == charts.STRATEGY_COLORS["value"]
+    hues = [charts.colorsys.rgb_to_hls(*(int(c[i : i + 2], 16) / 255 for i in (1, 3, 5)))[0] for c in colors[:3]]
+    assert max(hues) - min(hues) < 0.02
+
+
+def test_norm_distribution_heatmap_counts_threshold_and_nonfinite_row(tutorial):
+    fig = charts.norm_distribution(tutorial[2])
+    (hm,) = [t for t in fig.data if isinstance(t, go.Heatmap)]
+    assert list(hm.x) == [1, 2, 3]
+    assert sum(n or 0 for row in hm.z for n in row) == 3 * 3  # every step of every epoch counted once
+    assert any(s.type == "line" and s.y0 == pytest.approx(0.0) for s in fig.layout.shapes)  # norm clip at 1
+    assert "non-finite" in fig.layout.yaxis.ticktext
+    div = charts.norm_distribution(tutorial[0])
+    (hm,) = [t for t in div.data if isinstance(t, go.Heatmap)]
+    assert list(hm.z[-1]) == [2]  # inf and NaN norms land in the top 'non-finite' row
+    assert sum(n or 0 for row in hm.z for n in row) == 5
+    (mark,) = [t for t in div.data if isinstance(t, go.Scatter)]
+    assert mark.text == ("2",) and "diverged at epoch 1, step 8" in mark.hovertext[0]
+    assert not [s for s in div.layout.shapes if s.type == "line"]  # 'none' has no threshold line
+    custom = charts.norm_distribution(tutorial[1], threshold=5.0)
+    assert any(s.y0 == pytest.approx(math.log10(5.0)) for s in custom.layout.shapes)
+
+
+def test_norm_grid_shares_axes_one_column_per_run(tutorial):
+    fig = charts.norm_distribution_grid(tutorial)
+    heatmaps = [t for t in fig.data if isinstance(t, go.Heatmap)]
+    assert len(heatmaps) == 3 and len({tuple(h.y) for h in heatmaps}) == 1
+    assert fig.layout.yaxis2.matches == "y" and fig.layout.xaxis3.matches == "x"  # same axes in every column
+    assert all(h.coloraxis == "coloraxis" for h in heatmaps)  # one colour scale for all runs
+
+
+def test_epoch_histogram_overlays_runs_and_explains_missing_ones(tutorial):
+    fig = charts.epoch_histogram(tutorial, 2)
+    steps = [t for t in fig.data if t.line.shape == "hv"]
+    assert [t.name for t in steps] == ["value:5", "norm:1"]
+    assert all(sum(t.y[:-1]) == 3 for t in steps)  # 3 steps each, on the shared log bins
+    missing = [t for t in fig.data if "no record for epoch 2" in t.name]
+    assert len(missing) == 1 and "diverged at epoch 1, step 8" in missing[0].name
+    assert fig.layout.xaxis.type == "log"
+    first = charts.epoch_histogram(tutorial, 1)
+    assert any(t.text and t.text[0] == "2 non-finite" for t in first.data)
+    assert not [a for a in first.layout.annotations if "no record" in a.text]
+
+
+def test_layer_norms_one_panel_per_run_one_colour_per_layer(tutorial):
+    fig = charts.layer_norms(tutorial)
+    lines = [t for t in fig.data if t.mode == "lines+markers"]
+    assert len(lines) == 3 * 3  # 3 tensors x 3 runs
+    assert sum(bool(t.showlegend) for t in lines) == 3  # each layer in the legend once
+    colour = {t.name: t.line.color for t in lines}
+    assert colour["hidden1.weight"] == colour["hidden1.bias"] != colour["out.weight"]
+    assert fig.layout.yaxis.type == "log"
+    assert "epoch 1: ‖g[out.weight]‖ = nan (diverged at epoch 1, step 8)" in _texts(fig)  # a marker, not a gap
+
+
+def test_clip_rate_adds_element_panel_for_value_clipping(tutorial):
+    fig = charts.clip_rate(tutorial)
+    assert [a.text for a in fig.layout.annotations][1].startswith("gradient elements clipped")
+    elem = [t for t in fig.data if t.xaxis == "x2" and t.mode == "lines+markers"]
+    assert [t.name for t in elem] == ["value:5"] and list(elem[0].y) == [0.25] * 3
+    only_norm = charts.clip_rate([tutorial[2]])
+    assert len(only_norm.layout.annotations) == 1
+
+
+def test_value_histogram_marks_clip_value_and_nan(tutorial):
+    fig = charts.value_histogram(tutorial, post=False)
+    bars = [t for t in fig.data if isinstance(t, go.Bar)]
+    assert len(bars) == 3 and all(len(b.y) == N_VALUE - 1 for b in bars)
+    assert sum(v or 0 for v in bars[1].y) == 3 * 20  # summed over the 3 epochs
+    vlines = sorted(s.x0 for s in fig.layout.shapes if s.type == "line")
+    assert vlines == pytest.approx([-charts._symlog(5.0), charts._symlog(5.0)])  # ±c of the value run only
+    assert any(t.text and t.text[0] == "4388 NaN" for t in fig.data)
+    later = charts.value_histogram(tutorial, epoch=3)
+    assert any("no record for epoch 3" in a.text for a in later.layout.annotations)
+
+
+def test_seed_band_groups_seeds_and_counts_divergence():
+    ok = [_run("value", 5.0, (10.0 * s, 5.0 * s, 2.0 * s), seed=s) for s in (1, 2, 3)]
+    bad = [_run("value", 5.0, (40.0, INF), seed=s, diverged=None) for s in (4, 5)]
+    for r in bad:
+        r.records[-1].diverged = (2, 3)
+    norm = [_run("norm", 1.0, (30.0, 20.0, 10.0), seed=s) for s in (1, 2)]
+    fig = charts.seed_band(ok + bad + norm)
+    medians = [t for t in fig.data if t.mode == "lines+markers"]
+    assert [t.name for t in medians] == ["value:5 (2/5 seeds diverged)", "norm:1 (2 seeds)"]
+    assert medians[0].y[2] == pytest.approx(np.median([4.0, 2.0, 6.0]) * 1.1)  # finite seeds only, val_loss
+    bands = [t for t in fig.data if t.fill == "tonexty"]
+    assert len(bands) == 2
+    assert sum(1 for t in fig.data if t.mode == "markers") == 2  # one red x per diverged seed
+    assert "diverged at epoch 2, step 3" in _texts(fig)
+
+
+def test_runs_table_and_differing_columns(tutorial):
+    df = charts.runs_table(tutorial)
+    assert list(df["run"]) == ["none", "value:5", "norm:1"]
+    assert df.loc[0, "diverged"] == "diverged at epoch 1, step 8" and df.loc[1, "diverged"] == ""
+    assert math.isinf(df.loc[0, "final_train"]) and math.isnan(df.loc[0, "best_train"])
+    assert df.loc[1, "best_val"] == pytest.approx(330.0)
+    assert charts.differing_columns(df) == ["strategy", "threshold"]
+    seeds = charts.runs_table([_run("norm", 1.0, seed=s, lr=lr) for s, lr in ((1, 0.1), (2, 0.1), (3, 0.01))])
+    assert charts.differing_columns(seeds) == ["lr", "seed"]
+
+
+def test_runs_of_different_lengths_and_nan_only_run():
+    short = _run("value", 5.0, (10.0,))
+    nan_only = RunResult(RunSpec(clip=ClipSpec("zclip", 2.5)), [_rec(e, NAN, NAN, (NAN, NAN)) for e in (1, 2)])
+    results = [short, _run("norm", 1.0, (1.0, 2.0, 3.0, 4.0)), nan_only]
+    for fig in _all_figures(results).values():
+        _strict_json(fig)
+    loss = charts.loss_curves(results)
+    nan_marks = [t for t in loss.data if t.mode == "markers" and t.legendgroup == nan_only.label]
+    assert sum(len(t.x) for t in nan_marks) == 4  # 2 epochs x train/val, all NaN, all shown
+    assert list(charts.norm_distribution(nan_only).data[0].z[-1]) == [2, 2]
+
+
+def test_norm_edges_assumption():
+    # the heatmap's rows are a quarter decade each: below, the NORM_EDGES bins, above
+    assert np.allclose(np.diff(np.log10(NORM_EDGES)), 0.25)
+
+
+def test_empty_figure_message():
+    fig = charts.empty_figure("start a run")
+    assert fig.layout.annotations[0].text == "start a run" and not fig.data
+
+
+def test_real_engine_output():
+    engine = pytest.importorskip("clipviz.engine")
+    from clipviz.config import TUTORIAL_CLIPS, with_clips
+
+    spec = replace(TUTORIAL, optim=replace(TUTORIAL.optim, epochs=3))
+    results = engine.train(with_clips(spec, TUTORIAL_CLIPS), device="cpu")
+    for fig in _all_figures(results).values():
+        _strict_json(fig)
+    text = _texts(charts.loss_curves(results))
+    if results[0].diverged:  # the unclipped tutorial explodes in epoch 1
+        assert "none diverged at epoch" in text
+    assert len(charts.runs_table(results)) == 3
