@@ -191,3 +191,16 @@ def test_engine_rejects_bad_setups():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA"):
             Engine([TUTORIAL], device="cuda")
+
+
+def test_tutorial_init_is_keras_he_uniform_then_glorot():
+    """Keras he_uniform draws U(-sqrt(6/fan_in), +); Dense's default glorot_uniform U(-sqrt(6/(in+out)), +)."""
+    from clipviz.models import init_params
+
+    w1, b1, w2, b2 = init_params(TUTORIAL.model, 20, seed=1)
+    he, glorot = math.sqrt(6 / 20), math.sqrt(6 / (25 + 1))
+    assert w1.shape == (25, 20) and w2.shape == (1, 25)
+    assert w1.abs().max() <= he and w1.abs().max() > 0.95 * he  # 500 draws reach near the bound
+    assert abs(float(w1.std()) - he / math.sqrt(3)) < 0.05  # std of U(-a, a) is a/sqrt(3)
+    assert w2.abs().max() <= glorot
+    assert not b1.any() and not b2.any()  # Keras biases start at zero
