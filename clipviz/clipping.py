@@ -44,11 +44,12 @@ _F64 = torch.float64  # norms accumulate in float64: overflow-safe (1e20**2 over
 class ClipStats(NamedTuple):
     """What a clipper measured on one step, per run."""
 
-    pre_norm: Tensor  # [K] float32: global L2 norm over all tensors before clipping
-    tensor_norms: Tensor  # [K, L] float32: per-tensor L2 norm before clipping
-    post_norm: Tensor  # [K] float32: global L2 norm after clipping
+    # norms and fractions are float64 from Clipper (the engine path), float32 from make_clipper and the drop-ins
+    pre_norm: Tensor  # [K]: global L2 norm over all tensors before clipping
+    tensor_norms: Tensor  # [K, L]: per-tensor L2 norm before clipping
+    post_norm: Tensor  # [K]: global L2 norm after clipping
     clipped: Tensor  # [K] bool: the clip changed this run's gradient on this step
-    frac_elements: Tensor  # [K] float32: fraction of gradient elements whose value the clip changed
+    frac_elements: Tensor  # [K]: fraction of gradient elements whose value the clip changed
 
 
 # ---- layout: one run's tensors side by side in a flat [K, P] buffer ------------------------------
@@ -303,9 +304,7 @@ class Clipper:
         sq = g.to(_F64).square()  # float64: finite 1e20 elements must not overflow the norm
         tsq = lay.segment_sums(sq)  # [K, L]
         tn, gn = tsq.sqrt(), tsq.sum(1).sqrt()
-        clipped = torch.zeros(self.k, dtype=torch.bool, device=g.device)
-        frac = torch.zeros(self.k, dtype=_F64, device=g.device)
-        changed = False
+        clipped, frac, changed = False, 0.0, False  # become [K] tensors once a rule is present
         if self.c_value is not None:
             n_out = clip_by_value(g, self.c_value)
             clipped, frac, changed = n_out > 0, n_out / max(lay.numel, 1), True
@@ -340,7 +339,9 @@ class Clipper:
             g.mul_(scale)
             # one factor per run: the norm scales with it (exact in real arithmetic); else measure again
             post = gn * f if only_global else g.to(_F64).square().sum(1).sqrt()
-        return ClipStats(gn.float(), tn.float(), post.float(), clipped, frac.float())
+        if isinstance(clipped, bool):  # 'none' only
+            clipped, frac = torch.zeros_like(gn, dtype=torch.bool), torch.zeros_like(gn)
+        return ClipStats(gn, tn, post, clipped, frac)  # float64: the engine reads them back as such
 
 
 def _list_call(state, grads: list[Tensor], params: list[Tensor], strategy: str) -> ClipStats:
@@ -359,7 +360,7 @@ def _apply(core: Clipper, grads: list[Tensor], params: list[Tensor]) -> ClipStat
     stats = core(flat, core.layout.flatten(params) if core.needs_params else None)
     for g, v in zip(grads, core.layout.split(flat), strict=True):
         g.copy_(v)
-    return stats
+    return ClipStats(*(t.float() if t.is_floating_point() else t for t in stats))
 
 
 class _ListClipper:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from . import clipping
@@ -116,10 +117,11 @@ class Engine:
         """Per-tensor [K, ...] views of the current parameters (detached)."""
         return self.layout.split(self.flat.detach())
 
-    def _value_hist(self, vals: list[Tensor], acc: Tensor) -> None:
-        """Count the epoch's gradient elements (S x [2K, P]: pre; post) into acc [2K, bins] on VALUE_EDGES."""
-        x = torch.stack(vals, 1).reshape(acc.shape[0], -1)  # [2K, S*P]: binned once per epoch, not per step
-        acc.scatter_add_(1, value_bins(x), torch.ones(x.shape, dtype=torch.long, device=x.device))
+    def _value_hist(self, vals: list[Tensor]) -> Tensor:
+        """Counts [K, bins] on VALUE_EDGES of the epoch's gradient elements (S x [K, P])."""
+        x = torch.stack(vals, 1).reshape(self.k, -1)  # [K, S*P]: binned once per epoch, not per step
+        acc = torch.zeros(self.k, _N_VALUE_BINS, dtype=torch.long, device=x.device)
+        return acc.scatter_add_(1, value_bins(x), torch.ones(x.shape, dtype=torch.long, device=x.device))
 
     def _epoch(self) -> list[EpochRecord]:
         k, dev, rec = self.k, self.device, self.record
@@ -132,27 +134,25 @@ class Engine:
             rows = order[self.seed_row]  # [K, N]
             xs, ys = self.x[rows], self.y[rows]
         losses, pres, posts, tnorms, clipped, fracs = [], [], [], [], [], []
-        vals = []  # per step [2K, P]: pre-clip then post-clip gradient values
+        pre_vals, post_vals = [], []  # per step [K, P] gradient values before / after clipping
         base = self.epoch * self.steps_per_epoch
         for s in range(self.steps_per_epoch):
             lo, hi = s * self.batch, min(self.n, (s + 1) * self.batch)
             xb = xs[lo:hi] if shared else xs[:, lo:hi]
             pred = forward(self.model, self.layout.split(self.flat), xb)  # [K, B]
-            loss = (pred - ys[:, lo:hi]).pow(2).mean(1)  # [K] per-run MSE
+            loss = F.mse_loss(pred, ys[:, lo:hi], reduction="none").mean(1)  # [K] per-run MSE
             (g,) = torch.autograd.grad(loss.sum(), self.flat)  # [K, P]
-            pre = g.clone() if rec else None
-            stats = self.clipper(g, self.flat.detach() if self.clipper.needs_params else None)
             if rec:
-                vals.append(torch.cat([pre, g]))
-            dead = ~(torch.isfinite(loss) & torch.isfinite(stats.pre_norm))
-            self.div_step = torch.where(self.alive & dead, base + s, self.div_step)
-            self.alive = self.alive & ~dead
-            g.masked_fill_(
-                ~self.alive.unsqueeze(1), 0.0
-            )  # a frozen run's grads may hold NaN: keep its optimizer state finite
-            self.opt.step([g], self.alive)
+                pre_vals.append(g.clone())
+            stats = self.clipper(g, self.flat.detach() if self.clipper.needs_params else None)
+            ok = torch.isfinite(loss + stats.pre_norm)  # both are >= 0: the sum is finite iff both are
+            self.div_step = torch.where(self.alive & ~ok, base + s, self.div_step)
+            self.alive = self.alive & ok
+            # a frozen run steps with zeros (its grads may hold NaN): its optimizer state stays finite
+            self.opt.step([g.masked_fill(~self.alive.unsqueeze(1), 0.0)], self.alive)
             losses.append(loss.detach())
             if rec:
+                post_vals.append(g)
                 pres.append(stats.pre_norm)
                 posts.append(stats.post_norm)
                 tnorms.append(stats.tensor_norms)
@@ -164,9 +164,7 @@ class Engine:
         parts = [torch.stack(losses).double(), val.double(), self.div_step.double()]
         if rec:
             parts += [torch.stack(t).double() for t in (pres, posts, tnorms, clipped, fracs)]
-            vh = torch.zeros(2 * k, _N_VALUE_BINS, dtype=torch.long, device=dev)
-            self._value_hist(vals, vh)
-            parts += [vh[:k].double(), vh[k:].double()]
+            parts += [self._value_hist(pre_vals).double(), self._value_hist(post_vals).double()]
         flat = torch.cat([p.reshape(-1) for p in parts]).cpu()
         sizes = [p.numel() for p in parts]
         host = [c.view(p.shape) for c, p in zip(torch.split(flat, sizes), parts, strict=True)]

@@ -96,10 +96,9 @@ def forward(model: ModelSpec, params: list[Tensor], x: Tensor) -> Tensor:
     n_layers = len(params) // 2
     for i in range(n_layers):
         w, b = params[2 * i], params[2 * i + 1]  # [K, out, in], [K, out]
-        if h.dim() == 2:  # shared batch: broadcast matmul instead of copying it K times
-            h = torch.matmul(h, w.transpose(1, 2)) + b.unsqueeze(1)  # [K, B, out]
-        else:
-            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))  # [K, B, out]
+        if h.dim() == 2:  # a batch shared by all runs: an expanded view, not K copies
+            h = h.expand(w.shape[0], -1, -1)
+        h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))  # [K, B, out]
         if i < n_layers - 1:
             h = act(h)
     return h.squeeze(-1)
