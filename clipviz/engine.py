@@ -72,11 +72,13 @@ class Engine:
         caps: Caps | None = None,
         stop: threading.Event | None = None,
         threads: int | None = 1,
+        histograms: bool = True,
     ):
         self.runs = list(runs)
         validate_runs(self.runs, caps)
         self.device = resolve_device(device)
         self.record = record
+        self.histograms = record and histograms  # value histograms: a gradient copy per step and a binning pass
         self.stop = stop or threading.Event()
         # torch's default intra-op threads oversubscribe a small CPU on these tiny models: measured here,
         # a 3-run tutorial job took 9.3 s with 2 threads beside one busy process and 0.15 s with 1 thread
@@ -142,7 +144,7 @@ class Engine:
             pred = forward(self.model, self.layout.split(self.flat), xb)  # [K, B]
             loss = F.mse_loss(pred, ys[:, lo:hi], reduction="none").mean(1)  # [K] per-run MSE
             (g,) = torch.autograd.grad(loss.sum(), self.flat)  # [K, P]
-            if rec:
+            if self.histograms:
                 pre_vals.append(g.clone())
             stats = self.clipper(g, self.flat.detach() if self.clipper.needs_params else None)
             ok = torch.isfinite(loss + stats.pre_norm)  # both are >= 0: the sum is finite iff both are
@@ -151,8 +153,9 @@ class Engine:
             # a frozen run steps with zeros (its grads may hold NaN): its optimizer state stays finite
             self.opt.step([g.masked_fill(~self.alive.unsqueeze(1), 0.0)], self.alive)
             losses.append(loss.detach())
-            if rec:
+            if self.histograms:
                 post_vals.append(g)
+            if rec:
                 pres.append(stats.pre_norm)
                 posts.append(stats.post_norm)
                 tnorms.append(stats.tensor_norms)
@@ -164,7 +167,8 @@ class Engine:
         parts = [torch.stack(losses).double(), val.double(), self.div_step.double()]
         if rec:
             parts += [torch.stack(t).double() for t in (pres, posts, tnorms, clipped, fracs)]
-            parts += [self._value_hist(pre_vals).double(), self._value_hist(post_vals).double()]
+            if self.histograms:
+                parts += [self._value_hist(pre_vals).double(), self._value_hist(post_vals).double()]
         flat = torch.cat([p.reshape(-1) for p in parts]).cpu()
         sizes = [p.numel() for p in parts]
         host = [c.view(p.shape) for c, p in zip(torch.split(flat, sizes), parts, strict=True)]
@@ -188,15 +192,15 @@ class Engine:
             step_loss = loss[:n_steps, r]
             kw = {}
             if self.record:
-                pre, post, tn, clipped, frac, vpre, vpost = host[3:]
+                pre, post, tn, clipped, frac = host[3:8]
                 kw = dict(
                     grad_norm_pre=pre[:n_steps, r].tolist(),
                     grad_norm_post=post[:n_steps, r].tolist(),
                     layer_norms={n: float(v) for n, v in zip(self.names, tn[:n_steps, r].mean(0), strict=True)},
                     clip_rate=float(clipped[:n_steps, r].mean()),
                     elem_clip_frac=float(frac[:n_steps, r].mean()),
-                    value_hist_pre=vpre[r].long().tolist(),
-                    value_hist_post=vpost[r].long().tolist(),
+                    value_hist_pre=host[8][r].long().tolist() if self.histograms else [],
+                    value_hist_post=host[9][r].long().tolist() if self.histograms else [],
                 )
             else:
                 kw = dict(grad_norm_pre=[], grad_norm_post=[], layer_norms={}, clip_rate=0.0, elem_clip_frac=0.0)

@@ -172,9 +172,12 @@ def test_stop_event_ends_between_epochs():
 def test_recording_off_gives_same_losses():
     runs = with_clips(_epochs(TUTORIAL, 2), TUTORIAL_CLIPS)
     on, off = train(runs, device="cpu"), train(runs, device="cpu", record=False)
-    for a, b in zip(on, off):
-        assert [e.val_loss for e in a.records] == [e.val_loss for e in b.records]
-        assert a.diverged == b.diverged
+    light = train(runs, device="cpu", histograms=False)
+    for a, b, c in zip(on, off, light, strict=True):
+        assert [e.val_loss for e in a.records] == [e.val_loss for e in b.records] == [e.val_loss for e in c.records]
+        assert a.diverged == b.diverged == c.diverged
+        assert [e.grad_norm_pre for e in a.records] == [e.grad_norm_pre for e in c.records]
+        assert a.records[0].value_hist_pre and not c.records[0].value_hist_pre
 
 
 def test_deep_narrow_net_explodes_without_clipping_and_trains_with_it():

@@ -1,0 +1,903 @@
+"""Threshold sweeps: every strategy x threshold x seed (x learning rate or batch size), trained in lockstep chunks.
+
+The tutorial ends on "the threshold is a hyperparameter: experiment". A sweep is that experiment: a
+log-spaced threshold range per strategy, the no-clipping baseline, several seeds, optionally a second
+axis. Points that share a batch size train together as one batched engine job ("chunk", at most
+`chunk_size` runs, so memory stays bounded); each chunk comes back as one small summary per run
+(final/best loss, divergence, clip rate, early unclipped norms), never the full per-step records.
+Diverged seeds are excluded from a point's median and counted (`summarize`).
+
+Scaling out. The runner only talks to an `Executor`: `map(chunks, on_epoch)` yields `(index, summaries)`
+as each chunk finishes, in any order, and `cancel()` stops it; chunks already yielded are kept. The
+default `LocalExecutor` trains the chunks one after another in this process. To spread a sweep over an
+existing cluster, use Ray rather than home-made code (not implemented here, Ray stays optional): wrap
+`train_chunk` as a remote function (`ray.remote(num_cpus=1)(train_chunk)`), submit one task per chunk
+(`refs = [remote.remote(runs, device="cpu") for runs in chunks]`, the specs are small frozen dataclasses
+and the summaries small lists, so both pickle cheaply), then stream results with
+`done, refs = ray.wait(refs, num_returns=1)` and `ray.get(done[0])` in a loop, yielding each chunk as it
+lands so the charts fill in; `cancel()` calls `ray.cancel(ref)` on the refs still pending. Per-epoch
+progress from remote tasks is optional (a Ray actor or queue); chunk-level progress and the ETA work
+without it. Each task loads the dataset itself (specs are deterministic) and should call
+`torch.set_num_threads(1)` per CPU it was given, as the engine does.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Protocol
+
+import numpy as np
+
+from .config import STRATEGIES, Caps, ConfigError, RunSpec, param_count, validate_run
+
+SWEEP_STRATEGIES = tuple(s for s in STRATEGIES if s != "none")  # 'none' always runs as the baseline
+AXES = ("lr", "batch_size")  # the optional second axis
+METRICS = {"final_val": "final validation MSE", "best_val": "best validation MSE", "final_train": "final train MSE"}
+MAX_POINTS = 5000  # runs in one sweep (each chunk also obeys Caps.max_runs / max_total_params)
+DEFAULT_CHUNK = 256  # runs per lockstep job: bigger amortises the per-step overhead; caps bound memory
+WARMUP_STEPS = 50  # unclipped baseline: pre-clip norms kept from its first steps (the heuristics' input)
+PASCANU_FACTORS = (0.5, 10.0)  # Pascanu et al. 2013, sec. 3.2: "from half to ten times" the average norm
+AUTOCLIP_P = 10.0  # AutoClip's default percentile (Seetharaman et al. 2020)
+
+
+# ---- what to sweep ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LogRange:
+    """`count` log-spaced values from `lo` to `hi` inclusive, rounded to 4 significant digits."""
+
+    lo: float
+    hi: float
+    count: int
+
+    def __post_init__(self) -> None:
+        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (self.lo, self.hi))
+        if not ok or not (math.isfinite(self.lo) and math.isfinite(self.hi)):
+            raise ConfigError(f"range bounds must be finite numbers, got {self.lo!r}:{self.hi!r}")
+        if self.lo <= 0:
+            raise ConfigError(f"range is log-spaced: its minimum must be positive, got {self.lo:g}")
+        if self.lo >= self.hi:
+            raise ConfigError(f"range minimum {self.lo:g} must be below its maximum {self.hi:g}")
+        if not isinstance(self.count, int) or isinstance(self.count, bool) or not 1 <= self.count <= MAX_POINTS:
+            raise ConfigError(f"range count must be a whole number from 1 to {MAX_POINTS}, got {self.count!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> LogRange:
+        """'0.01:1000:25' -> LogRange(0.01, 1000, 25), or ConfigError saying what is wrong."""
+        parts = text.strip().split(":")
+        if len(parts) != 3:
+            raise ConfigError(f"range {text!r} must be MIN:MAX:COUNT, e.g. 0.01:1000:25")
+        try:
+            lo, hi = float(parts[0]), float(parts[1])
+        except ValueError:
+            raise ConfigError(f"range {text!r}: {parts[0]!r} or {parts[1]!r} is not a number") from None
+        try:
+            count = int(parts[2])
+        except ValueError:
+            raise ConfigError(f"range {text!r}: count {parts[2]!r} is not a whole number") from None
+        return cls(lo, hi, count)
+
+    def values(self) -> tuple[float, ...]:
+        if self.count == 1:
+            return (float(f"{self.lo:.4g}"),)
+        return tuple(dict.fromkeys(float(f"{v:.4g}") for v in np.geomspace(self.lo, self.hi, self.count)))
+
+
+# thresholds mean different things per strategy (THRESHOLD_MEANING): a default range for each
+DEFAULT_RANGES = {
+    "value": LogRange(0.01, 1000.0, 25),
+    "norm": LogRange(0.01, 1000.0, 25),
+    "tensor-norm": LogRange(0.01, 1000.0, 25),
+    "agc": LogRange(0.001, 10.0, 13),
+    "autoclip": LogRange(1.0, 100.0, 9),
+    "zclip": LogRange(0.5, 20.0, 9),
+}
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One run of a sweep: what varies. Everything else is the sweep's base spec."""
+
+    strategy: str
+    threshold: float | None  # None for the 'none' baseline
+    seed: int
+    axis_value: float | None = None  # the second axis' value (lr or batch size); None without one
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A sweep: the base setup, the thresholds per strategy, the seeds and an optional second axis."""
+
+    base: RunSpec  # data, model, optimizer, epochs: shared by every point
+    thresholds: tuple[tuple[str, tuple[float, ...]], ...]  # (strategy, thresholds) for each clipped strategy
+    seeds: tuple[int, ...] = (1, 2, 3)  # each point trains once per seed; medians are over these
+    axis: str | None = None  # "lr" or "batch_size": the second axis, or None
+    axis_values: tuple[float, ...] = ()  # its values (batch sizes are whole numbers)
+
+    @property
+    def strategies(self) -> tuple[str, ...]:
+        return tuple(s for s, _ in self.thresholds)
+
+    def axis_list(self) -> tuple[float | None, ...]:
+        return self.axis_values if self.axis else (None,)
+
+    def points(self) -> list[SweepPoint]:
+        """Seed-major order: the first chunks cover every threshold once, later ones add seeds."""
+        out = []
+        for seed in self.seeds:
+            for a in self.axis_list():
+                out.append(SweepPoint("none", None, seed, a))
+                out += [SweepPoint(s, t, seed, a) for s, ts in self.thresholds for t in ts]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "base": self.base.to_dict(),
+            "thresholds": {s: list(ts) for s, ts in self.thresholds},
+            "seeds": list(self.seeds),
+            "axis": self.axis,
+            "axis_values": list(self.axis_values),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SweepSpec:
+        return cls(
+            base=RunSpec.from_dict(d["base"]),
+            thresholds=tuple((s, tuple(float(t) for t in ts)) for s, ts in d["thresholds"].items()),
+            seeds=tuple(int(s) for s in d["seeds"]),
+            axis=d.get("axis"),
+            axis_values=tuple(d.get("axis_values", ())),
+        )
+
+
+def make_sweep(
+    base: RunSpec,
+    strategies: Sequence[str] = ("value", "norm"),
+    thresholds: LogRange | dict[str, LogRange] | None = None,
+    seeds: int = 3,
+    lrs: LogRange | Sequence[float] | None = None,
+    batch_sizes: Sequence[int] | None = None,
+    caps: Caps | None = None,
+) -> SweepSpec:
+    """Build and validate a sweep. `thresholds`: one range for all strategies, or per strategy (the rest default)."""
+    strategies = tuple(dict.fromkeys(s for s in strategies if s != "none"))
+    for s in strategies:
+        if s not in SWEEP_STRATEGIES:
+            raise ConfigError(f"unknown clipping strategy {s!r}; choose from {', '.join(SWEEP_STRATEGIES)}")
+    per = thresholds if isinstance(thresholds, dict) else {s: thresholds or DEFAULT_RANGES[s] for s in strategies}
+    table = []
+    for s in strategies:
+        r = per.get(s) or DEFAULT_RANGES[s]
+        if s == "autoclip" and r.hi > 100:
+            raise ConfigError(
+                f"autoclip's threshold is a percentile in (0, 100], but the range goes to {r.hi:g}: "
+                "give it its own range, e.g. --thresholds autoclip=1:90:9"
+            )
+        table.append((s, r.values()))
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise ConfigError(f"number of seeds must be a positive whole number, got {seeds!r}")
+    if lrs is not None and batch_sizes is not None:
+        raise ConfigError("a sweep has one second axis: learning rates or batch sizes, not both")
+    axis, values = None, ()
+    if lrs is not None:
+        axis, values = "lr", lrs.values() if isinstance(lrs, LogRange) else tuple(float(v) for v in lrs)
+    elif batch_sizes is not None:
+        axis, values = "batch_size", tuple(dict.fromkeys(batch_sizes))
+    if axis and not values:
+        raise ConfigError(f"the {axis} axis needs at least one value")
+    sweep = SweepSpec(base, tuple(table), tuple(range(base.seed, base.seed + seeds)), axis, values)
+    n = len(sweep.points())
+    if n > MAX_POINTS:
+        raise ConfigError(f"this sweep has {n:,} runs, over the limit of {MAX_POINTS:,}: fewer thresholds or seeds")
+    caps = caps or Caps.from_env()
+    for p in {replace(q, seed=base.seed) for q in sweep.points()}:  # one of each setup is enough to validate
+        validate_run(point_spec(sweep, p), caps)
+    return sweep
+
+
+def point_spec(sweep: SweepSpec, point: SweepPoint) -> RunSpec:
+    """The full RunSpec of one point: open it in the comparison view to see every chart of that run."""
+    from .config import ClipSpec  # local: keeps the names above the public ones
+
+    optim = sweep.base.optim
+    tag = ""
+    if sweep.axis == "lr":
+        optim, tag = replace(optim, lr=float(point.axis_value)), f" lr={point.axis_value:g}"
+    elif sweep.axis == "batch_size":
+        optim, tag = replace(optim, batch_size=int(point.axis_value)), f" bs={int(point.axis_value)}"
+    clip = ClipSpec(point.strategy, point.threshold)
+    return replace(sweep.base, optim=optim, clip=clip, seed=point.seed, label=f"{clip.label}{tag} seed={point.seed}")
+
+
+def plan_chunks(sweep: SweepSpec, chunk_size: int = DEFAULT_CHUNK, caps: Caps | None = None) -> list[list[SweepPoint]]:
+    """Split the points into lockstep jobs of at most chunk_size runs (and the caps).
+
+    Runs differing in batch size cannot share a lockstep job. Each chunk also holds one strategy: a mixed
+    job clips each strategy's slice separately (index_select/index_copy every step), measured ~1.4x slower
+    on the tutorial at K=255; and the 'none' chunk ends as soon as its runs diverge (epoch 1 on the tutorial).
+    """
+    caps = caps or Caps.from_env()
+    if chunk_size < 1:
+        raise ConfigError(f"chunk size must be positive, got {chunk_size}")
+    from .data import input_dim
+
+    per_run = param_count(sweep.base.model, input_dim(sweep.base.data))
+    size = max(1, min(chunk_size, caps.max_runs, caps.max_total_params // max(per_run, 1)))
+    groups: dict[tuple[int, str], list[SweepPoint]] = {}
+    for p in sweep.points():
+        groups.setdefault((point_spec(sweep, p).optim.batch_size, p.strategy), []).append(p)
+    out = []
+    for g in groups.values():  # equal parts: 138 runs at size 128 -> 69 + 69, not 128 + 10
+        part = -(-len(g) // -(-len(g) // size))
+        out += [g[i : i + part] for i in range(0, len(g), part)]
+    return out
+
+
+# ---- one chunk ----------------------------------------------------------------------------------
+@dataclass
+class RunSummary:
+    """What a sweep keeps of one trained run: a few numbers and the validation curve."""
+
+    spec: RunSpec
+    epochs: int = 0  # epochs trained (up to and including the one it diverged in)
+    final_train: float = math.nan  # last epoch's train MSE; nan if the run diverged
+    final_val: float = math.nan  # validation MSE after the last epoch; nan if the run diverged
+    best_val: float = math.nan  # lowest finite validation MSE seen (before any divergence)
+    best_epoch: int = 0
+    diverged: tuple[int, int] | None = None  # (epoch, step) of the first non-finite loss or norm
+    clip_rate: float = 0.0  # fraction of the trained steps on which the clip changed the gradient
+    val_curve: list[float] = field(default_factory=list)  # per epoch
+    early_norms: list[float] = field(default_factory=list)  # 'none' only: pre-clip norms of the first steps
+
+
+def train_chunk(
+    runs: Sequence[RunSpec],
+    *,
+    device: str = "auto",
+    dataset: Any = None,
+    stop: threading.Event | None = None,
+    on_epoch: Callable[[int, int], None] | None = None,
+    record: bool = True,
+) -> list[RunSummary] | None:
+    """Train one lockstep chunk and summarise each run; None if stopped before the end.
+
+    A pure function of its arguments (the dataset is rebuilt from the specs when not given): the unit a
+    cluster executor would ship to a worker. Value histograms are never needed here, so the engine skips
+    them; record=False also skips the per-step norms, but then clip_rate is nan and early_norms empty
+    (no clip-rate chart, no heuristics).
+    """
+    from .engine import Engine
+
+    engine = Engine(list(runs), device=device, record=record, histograms=False, dataset=dataset, stop=stop)
+    out = [RunSummary(r) for r in runs]
+    clipped = [0.0] * len(runs)
+    steps = [0] * len(runs)
+    last_epoch = 0
+    for rec in engine:
+        s = out[rec.run]
+        n_steps = len(rec.grad_norm_pre)
+        clipped[rec.run] += rec.clip_rate * n_steps
+        steps[rec.run] += n_steps
+        s.epochs = rec.epoch
+        s.val_curve.append(rec.val_loss)
+        if s.spec.clip.strategy == "none" and len(s.early_norms) < WARMUP_STEPS:
+            finite = [v for v in rec.grad_norm_pre if math.isfinite(v)]
+            s.early_norms += finite[: WARMUP_STEPS - len(s.early_norms)]
+        if rec.diverged:
+            s.diverged = rec.diverged
+        else:
+            s.final_train, s.final_val = rec.train_loss, rec.val_loss
+            if math.isfinite(rec.val_loss) and not rec.val_loss >= s.best_val:
+                s.best_val, s.best_epoch = rec.val_loss, rec.epoch
+        if on_epoch is not None and rec.epoch > last_epoch:
+            last_epoch = rec.epoch
+            on_epoch(rec.epoch, engine.epochs)
+    if stop is not None and stop.is_set() and engine.epoch < engine.epochs and len(engine.reported_dead) < engine.k:
+        return None  # stopped mid-chunk: its runs are unfinished, drop them
+    for s, c, n in zip(out, clipped, steps, strict=True):
+        s.clip_rate = c / n if n and record else (0.0 if record else math.nan)
+        if s.diverged:
+            s.final_train = s.final_val = math.nan
+    return out
+
+
+class Executor(Protocol):
+    """Trains chunks of RunSpecs and streams their summaries back; cancellable."""
+
+    def map(
+        self, chunks: Sequence[Sequence[RunSpec]], on_epoch: Callable[[int, int, int], None] | None = None
+    ) -> Iterator[tuple[int, list[RunSummary]]]:
+        """Yield (chunk index, one summary per run) as each chunk finishes, in any order.
+        on_epoch(chunk index, epoch, epochs) reports progress inside a chunk where the executor can."""
+        ...
+
+    def cancel(self) -> None:
+        """Stop soon: the chunk in progress is dropped, chunks already yielded stay with the caller."""
+        ...
+
+
+class LocalExecutor:
+    """The default: chunks train one after another in this process, each as one batched engine job."""
+
+    def __init__(self, device: str = "auto", record: bool = True):
+        self.device, self.record = device, record  # record: see train_chunk
+        self._stop = threading.Event()
+        self._datasets: dict[Any, Any] = {}
+
+    def map(self, chunks, on_epoch=None):
+        from .data import load_dataset
+
+        for i, runs in enumerate(chunks):
+            if self._stop.is_set():
+                return
+            data = runs[0].data
+            if data not in self._datasets:
+                self._datasets[data] = load_dataset(data)
+            cb = None if on_epoch is None else (lambda e, n, i=i: on_epoch(i, e, n))
+            res = train_chunk(
+                runs, device=self.device, dataset=self._datasets[data], stop=self._stop, on_epoch=cb, record=self.record
+            )
+            if res is None:
+                return
+            yield i, res
+
+    def cancel(self) -> None:
+        self._stop.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._stop.is_set()
+
+
+# ---- the runner ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SweepProgress:
+    runs_done: int  # runs of finished chunks
+    runs_total: int
+    chunks_done: int
+    chunks: int
+    epoch: int  # epoch of the chunk in progress (0 between chunks)
+    epochs: int
+    fraction: float  # run-epochs trained / run-epochs asked for
+    elapsed: float  # seconds
+    eta: float | None  # seconds left, extrapolated from the run-epochs so far; None before the first epoch
+
+    def line(self) -> str:
+        eta = "" if self.eta is None else f", ETA {self.eta:.0f}s"
+        chunk = min(self.chunks_done + 1, self.chunks)
+        return f"{self.runs_done}/{self.runs_total} runs, chunk {chunk}/{self.chunks}, {self.elapsed:.1f}s{eta}"
+
+
+@dataclass
+class SweepResult:
+    sweep: SweepSpec
+    runs: list[RunSummary] = field(default_factory=list)  # finished runs (whole chunks), in arrival order
+    complete: bool = False  # every chunk trained (False after a cancel: the finished chunks are kept)
+    elapsed: float = 0.0
+
+    def point_of(self, s: RunSummary) -> SweepPoint:
+        a = None
+        if self.sweep.axis == "lr":
+            a = s.spec.optim.lr
+        elif self.sweep.axis == "batch_size":
+            a = s.spec.optim.batch_size
+        return SweepPoint(s.spec.clip.strategy, s.spec.clip.threshold, s.spec.seed, a)
+
+
+def run_sweep(
+    sweep: SweepSpec,
+    *,
+    executor: Executor | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+    on_progress: Callable[[SweepProgress], None] | None = None,
+    on_chunk: Callable[[SweepResult], None] | None = None,
+    device: str = "auto",
+) -> SweepResult:
+    """Train the sweep chunk by chunk; on_chunk sees the partial result after each chunk (cancel from there)."""
+    executor = executor or LocalExecutor(device)
+    chunks = [[point_spec(sweep, p) for p in c] for c in plan_chunks(sweep, chunk_size)]
+    total = sum(len(c) for c in chunks)
+    epochs = sweep.base.optim.epochs
+    result, t0 = SweepResult(sweep), time.perf_counter()
+    state = {"done": 0, "chunks": 0}
+
+    def report(epoch: int, k_now: int) -> None:
+        if on_progress is None:
+            return
+        el = time.perf_counter() - t0
+        work = state["done"] * epochs + epoch * k_now
+        eta = el * (total * epochs - work) / work if work else None
+        frac = work / max(total * epochs, 1)
+        on_progress(SweepProgress(state["done"], total, state["chunks"], len(chunks), epoch, epochs, frac, el, eta))
+
+    report(0, 0)
+    for _i, summaries in executor.map(chunks, lambda i, e, n: report(e, len(chunks[i]))):
+        result.runs.extend(summaries)
+        state["done"] += len(summaries)
+        state["chunks"] += 1
+        result.elapsed = time.perf_counter() - t0
+        report(0, 0)
+        if on_chunk is not None:
+            on_chunk(result)
+    result.complete = state["chunks"] == len(chunks)
+    result.elapsed = time.perf_counter() - t0
+    return result
+
+
+class SweepJob:
+    """A sweep in a background thread, for the dashboard: start, stop, and a lock-guarded snapshot."""
+
+    def __init__(self, sweep: SweepSpec, *, chunk_size: int = DEFAULT_CHUNK, device: str = "auto"):
+        self.sweep, self.chunk_size = sweep, chunk_size
+        self.executor = LocalExecutor(device)
+        self._lock = threading.Lock()
+        self._result = SweepResult(sweep)
+        self._progress: SweepProgress | None = None
+        self.error: str | None = None
+        self.done = False
+        self._thread = threading.Thread(target=self._work, name="clipviz-sweep", daemon=True)
+
+    def start(self) -> SweepJob:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.executor.cancel()
+
+    def join(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def snapshot(self) -> tuple[SweepResult, SweepProgress | None]:
+        with self._lock:
+            r = self._result
+            return SweepResult(r.sweep, list(r.runs), r.complete, r.elapsed), self._progress
+
+    def _work(self) -> None:
+        import torch
+
+        torch.set_num_threads(1)
+
+        def on_progress(p: SweepProgress) -> None:
+            with self._lock:
+                self._progress = p
+
+        def on_chunk(r: SweepResult) -> None:
+            with self._lock:
+                self._result = SweepResult(r.sweep, list(r.runs), r.complete, r.elapsed)
+
+        try:
+            res = run_sweep(
+                self.sweep,
+                executor=self.executor,
+                chunk_size=self.chunk_size,
+                on_progress=on_progress,
+                on_chunk=on_chunk,
+            )
+            with self._lock:
+                self._result = res
+        except Exception as exc:  # shown in the UI; never kills the server
+            self.error = f"{type(exc).__name__}: {exc}"
+        self.done = True
+
+
+# ---- reading the answer -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Stat:
+    """Median and interquartile range over a point's seeds. Diverged seeds are counted, not averaged."""
+
+    median: float  # over the seeds that did not diverge; nan if all did
+    q1: float  # 25th percentile (numpy's linear interpolation), same seeds
+    q3: float  # 75th percentile
+    n: int  # seeds trained
+    n_diverged: int  # seeds flagged diverged or with a non-finite value
+
+
+def summarize(values: Sequence[float], diverged: Sequence[bool] | None = None) -> Stat:
+    """Median/IQR of `values`, leaving out seeds that diverged (flagged, or a nan/inf value) and counting them."""
+    v = np.asarray(values, dtype=float)
+    bad = ~np.isfinite(v)
+    if diverged is not None:
+        bad |= np.asarray(diverged, dtype=bool)
+    ok = v[~bad]
+    if ok.size == 0:
+        return Stat(math.nan, math.nan, math.nan, int(v.size), int(bad.sum()))
+    q1, med, q3 = np.percentile(ok, [25, 50, 75])
+    return Stat(float(med), float(q1), float(q3), int(v.size), int(bad.sum()))
+
+
+def _value(s: RunSummary, metric: str) -> float:
+    if metric not in METRICS:
+        raise ConfigError(f"unknown sweep metric {metric!r}; choose from {', '.join(METRICS)}")
+    return getattr(s, metric)
+
+
+def summary_rows(result: SweepResult, metric: str = "final_val") -> list[dict[str, Any]]:
+    """One row per (strategy, threshold, axis value): the Stat over seeds plus the median clip rate."""
+    groups: dict[tuple, list[RunSummary]] = {}
+    for s in result.runs:
+        p = result.point_of(s)
+        groups.setdefault((p.strategy, p.threshold, p.axis_value), []).append(s)
+    order = {s: i for i, s in enumerate(("none", *result.sweep.strategies))}
+    rows = []
+    for (strat, thr, a), runs in sorted(
+        groups.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][2] or 0, kv[0][1] or 0)
+    ):
+        st = summarize([_value(r, metric) for r in runs], [r.diverged is not None for r in runs])
+        rows.append(
+            {
+                "strategy": strat,
+                "threshold": thr,
+                "axis_value": a,
+                **asdict(st),
+                "clip_rate": float(np.median([r.clip_rate for r in runs])),
+            }
+        )
+    return rows
+
+
+def pick_axis(result: SweepResult, axis_value: float | None) -> float | None:
+    """The second-axis value the 1-D views use: the one given, else the base setup's (or the nearest)."""
+    sw = result.sweep
+    if not sw.axis:
+        return None
+    if axis_value is not None:
+        return axis_value
+    base = sw.base.optim.lr if sw.axis == "lr" else sw.base.optim.batch_size
+    return min(sw.axis_values, key=lambda v: abs(math.log(v / base)))
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    strategy: str
+    low: float | None  # recommended threshold range; None when no threshold trained every seed
+    high: float | None
+    best: float | None  # threshold with the lowest median among those where no seed diverged
+    best_value: float  # that median
+    reason: str  # in words: why this range, what happens either side
+
+
+def recommend(
+    result: SweepResult, metric: str = "final_val", axis_value: float | None = None, tolerance: float = 2.0
+) -> list[Recommendation]:
+    """Per strategy: the widest contiguous threshold band around the best where every seed trained and the
+    median `metric` is within `tolerance` x the best median."""
+    a = pick_axis(result, axis_value)
+    rows = [r for r in summary_rows(result, metric) if r["axis_value"] == a and r["strategy"] != "none"]
+    out = []
+    for strat in result.sweep.strategies:
+        rs = sorted((r for r in rows if r["strategy"] == strat), key=lambda r: r["threshold"])
+        stable = [r for r in rs if r["n_diverged"] == 0 and math.isfinite(r["median"])]
+        if not stable:
+            why = "no threshold trained every seed" if rs else "no results yet"
+            out.append(Recommendation(strat, None, None, None, math.nan, why))
+            continue
+        best = min(stable, key=lambda r: r["median"])
+        good = [r in stable and r["median"] <= tolerance * best["median"] for r in rs]
+        i = j = rs.index(best)
+        while i > 0 and good[i - 1]:
+            i -= 1
+        while j < len(rs) - 1 and good[j + 1]:
+            j += 1
+        lo, hi = rs[i]["threshold"], rs[j]["threshold"]
+        what = METRICS[metric]
+        reason = (
+            f"{lo:g} to {hi:g}: every seed trained and the median {what} is within {tolerance:g}x "
+            f"of the best ({best['median']:.3g} at {best['threshold']:g})"
+        )
+        for side, k in (("below", i - 1), ("above", j + 1)):
+            if 0 <= k < len(rs):
+                r = rs[k]
+                if r["n_diverged"]:
+                    reason += f"; {side}, {r['n_diverged']}/{r['n']} seeds diverge at {r['threshold']:g}"
+                else:
+                    reason += f"; {side}, {r['median']:.3g} at {r['threshold']:g}"
+                    reason += " (trains slowly)" if side == "below" else ""
+        out.append(Recommendation(strat, lo, hi, best["threshold"], best["median"], reason))
+    return out
+
+
+@dataclass(frozen=True)
+class Heuristic:
+    name: str  # rule of thumb and its source
+    strategy: str  # the strategy whose threshold it suggests
+    low: float
+    high: float
+    reason: str
+
+
+def heuristics(result: SweepResult, axis_value: float | None = None) -> list[Heuristic]:
+    """Classic threshold rules, computed from the unclipped baseline's measured pre-clip norms.
+
+    Pascanu et al. 2013 (arXiv:1211.5063, sec. 3.2): half to ten times the average unclipped norm.
+    AutoClip (Seetharaman et al. 2020, arXiv:2007.14469): the p-th (10th) percentile of the norm history.
+    Value clipping has no classic rule; norm/sqrt(P) is the per-element size if all P elements were equal.
+    """
+    a = pick_axis(result, axis_value)
+    runs = [s for s in result.runs if s.spec.clip.strategy == "none" and result.point_of(s).axis_value == a]
+    per_seed = [float(np.median(s.early_norms)) for s in runs if s.early_norms]
+    pooled = [v for s in runs for v in s.early_norms]
+    if not per_seed:
+        return []
+    m, steps = float(np.median(per_seed)), int(np.median([len(s.early_norms) for s in runs]))
+    div = sum(s.diverged is not None for s in runs)
+    src = f"median unclipped pre-clip norm {m:.3g}, over the first {steps} steps of {len(runs)} unclipped runs"
+    src += f" ({div} diverged: only steps before divergence count)" if div else ""
+    lo, hi = PASCANU_FACTORS
+    p10 = float(np.percentile(pooled, AUTOCLIP_P))
+    from .data import input_dim
+
+    root_p = math.sqrt(param_count(result.sweep.base.model, input_dim(result.sweep.base.data)))
+    out = [
+        Heuristic("Pascanu et al. 2013: 0.5-10x the typical norm", "norm", lo * m, hi * m, src),
+        Heuristic(
+            f"AutoClip: {AUTOCLIP_P:g}th percentile of the norm history",
+            "norm",
+            p10,
+            p10,
+            f"{AUTOCLIP_P:g}th percentile of {len(pooled)} unclipped norms (AutoClip adapts it while training)",
+        ),
+        Heuristic(
+            "per-element size: 0.5-10x norm/sqrt(P)",
+            "value",
+            lo * m / root_p,
+            hi * m / root_p,
+            f"the typical norm spread evenly over P={root_p**2:.0f} parameters (a rough conversion, no paper)",
+        ),
+    ]
+    return [h for h in out if h.strategy in result.sweep.strategies]
+
+
+def best_thresholds(result: SweepResult, metric: str = "final_val", axis_value: float | None = None) -> str:
+    """The CLI's summary: the best threshold per strategy, the recommended range, and the classic rules."""
+    a = pick_axis(result, axis_value)
+    rows = [r for r in summary_rows(result, metric) if r["axis_value"] == a]
+    table = [("strategy", "best threshold", f"median {metric} [IQR]", "diverged", "recommended range")]
+    for r in rows:
+        if r["strategy"] == "none":
+            iqr = f"{_g(r['median'])} [{_g(r['q1'])}, {_g(r['q3'])}]"
+            table.append(("none", "-", iqr, f"{r['n_diverged']}/{r['n']} seeds", "-"))
+    recs = recommend(result, metric, a)
+    for rec in recs:
+        n_div = sum(r["n_diverged"] for r in rows if r["strategy"] == rec.strategy)
+        n_all = sum(r["n"] for r in rows if r["strategy"] == rec.strategy)
+        best = [r for r in rows if r["strategy"] == rec.strategy and r["threshold"] == rec.best]
+        iqr = f"{_g(best[0]['median'])} [{_g(best[0]['q1'])}, {_g(best[0]['q3'])}]" if best else "-"
+        rng = f"{rec.low:g} to {rec.high:g}" if rec.low is not None else "none"
+        table.append((rec.strategy, "-" if rec.best is None else f"{rec.best:g}", iqr, f"{n_div}/{n_all} runs", rng))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table]
+    if a is not None:
+        lines.insert(0, f"at {result.sweep.axis}={a:g}")
+    lines += [f"{rec.strategy}: {rec.reason}" for rec in recs]
+    lines += [
+        f"heuristic, {h.name}: {h.strategy} {h.low:.3g} to {h.high:.3g} ({h.reason})" for h in heuristics(result, a)
+    ]
+    if not result.complete:
+        lines.append(f"(partial: {len(result.runs)} of {len(result.sweep.points())} runs trained)")
+    return "\n".join(lines)
+
+
+def _g(x: float) -> str:
+    return f"{x:.3g}" if math.isfinite(x) else str(x)
+
+
+# ---- files --------------------------------------------------------------------------------------
+SCHEMA_VERSION = 1
+
+
+def _enc(v: Any) -> Any:
+    """JSON has no NaN/inf: write them as the strings 'nan', 'inf', '-inf' (as records.py does)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if isinstance(v, (list, tuple)):
+        return [_enc(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _enc(x) for k, x in v.items()}
+    return v
+
+
+def _dec(v: Any) -> Any:
+    if isinstance(v, str) and v in ("nan", "inf", "-inf"):
+        return float(v)
+    if isinstance(v, list):
+        return [_dec(x) for x in v]
+    return v
+
+
+def _run_dict(s: RunSummary) -> dict[str, Any]:
+    d = {k: v for k, v in asdict(s).items() if k != "spec"}
+    d["diverged"] = None if s.diverged is None else {"epoch": s.diverged[0], "step": s.diverged[1]}
+    nonfinite = sorted(k for k, v in d.items() if _enc(v) != v)
+    return {"label": s.spec.name, "spec": s.spec.to_dict(), **_enc(d), "nonfinite": nonfinite}
+
+
+def to_json(result: SweepResult, metric: str = "final_val") -> dict[str, Any]:
+    """The sweep document: spec, one entry per run, and the summary/recommendations as computed here."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "kind": "sweep",
+        "sweep": result.sweep.to_dict(),
+        "complete": result.complete,
+        "elapsed": result.elapsed,
+        "runs": [_run_dict(s) for s in result.runs],
+        "summary": {m: _enc(summary_rows(result, m)) for m in METRICS},
+        "recommendations": _enc([asdict(r) for r in recommend(result, metric)]),
+        "heuristics": _enc([asdict(h) for h in heuristics(result)]),
+    }
+
+
+def dumps(result: SweepResult) -> str:
+    import json
+
+    return json.dumps(to_json(result), allow_nan=False)  # strict JSON: any reader accepts it
+
+
+def loads(text: str | bytes) -> SweepResult:
+    """Read a sweep document back; malformed input is a ConfigError."""
+    import json
+
+    try:
+        doc = json.loads(text)
+        res = SweepResult(SweepSpec.from_dict(doc["sweep"]), complete=bool(doc["complete"]))
+        res.elapsed = float(doc.get("elapsed", 0.0))
+        for r in doc["runs"]:
+            div = r.get("diverged")
+            kw = {k: _dec(r[k]) for k in ("epochs", "final_train", "final_val", "best_val", "best_epoch", "clip_rate")}
+            res.runs.append(
+                RunSummary(
+                    RunSpec.from_dict(r["spec"]),
+                    diverged=None if not div else (int(div["epoch"]), int(div["step"])),
+                    val_curve=_dec(r["val_curve"]),
+                    early_norms=_dec(r["early_norms"]),
+                    **kw,
+                )
+            )
+        return res
+    except ConfigError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"not a valid clipviz sweep file: {type(exc).__name__}: {exc}") from exc
+
+
+def to_frame(result: SweepResult):
+    """Tidy table, one row per run (NaN/inf kept): the CSV export."""
+    import pandas as pd
+
+    rows = []
+    for s in result.runs:
+        p = result.point_of(s)
+        rows.append(
+            {
+                "strategy": p.strategy,
+                "threshold": p.threshold,
+                "lr": s.spec.optim.lr,
+                "batch_size": s.spec.optim.batch_size,
+                "seed": p.seed,
+                "epochs": s.epochs,
+                "final_train": s.final_train,
+                "final_val": s.final_val,
+                "best_val": s.best_val,
+                "best_epoch": s.best_epoch,
+                "clip_rate": s.clip_rate,
+                "diverged_epoch": s.diverged[0] if s.diverged else None,
+                "diverged_step": s.diverged[1] if s.diverged else None,
+                "early_norm_median": float(np.median(s.early_norms)) if s.early_norms else math.nan,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+# ---- the CLI: python -m clipviz sweep ... -------------------------------------------------------
+def _arg(fn):
+    import argparse
+
+    def parse(text: str):
+        try:
+            return fn(text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = fn.__name__
+    return parse
+
+
+def _threshold_arg(text: str) -> tuple[str | None, LogRange]:
+    """'0.01:1000:25' (every strategy) or 'norm=0.01:1000:25' (one strategy)."""
+    name, sep, rng = text.partition("=")
+    if not sep:
+        return None, LogRange.parse(text)
+    if name.strip() not in SWEEP_STRATEGIES:
+        raise ConfigError(f"unknown clipping strategy {name.strip()!r}; choose from {', '.join(SWEEP_STRATEGIES)}")
+    return name.strip(), LogRange.parse(rng)
+
+
+def _batch_sizes_arg(text: str) -> tuple[int, ...]:
+    out = []
+    for part in text.split(","):
+        try:
+            v = int(part)
+        except ValueError:
+            raise ConfigError(f"batch size {part!r} is not a whole number") from None
+        if v <= 0:
+            raise ConfigError(f"batch size {v} must be positive")
+        out.append(v)
+    return tuple(out)
+
+
+def add_sweep_parser(subparsers, add_setup_flags: Callable) -> None:
+    """The `sweep` subcommand (called by clipviz.__main__.build_parser)."""
+    p = subparsers.add_parser(
+        "sweep",
+        help="train every strategy x threshold x seed and find the threshold that works",
+        description="Sweep clipping thresholds (log-spaced) per strategy, with the no-clipping baseline and seeds.",
+    )
+    p.add_argument(
+        "--strategy",
+        action="append",
+        choices=SWEEP_STRATEGIES,
+        help="strategy to sweep (repeat; default: value and norm); the no-clipping baseline always runs",
+    )
+    p.add_argument(
+        "--thresholds",
+        action="append",
+        type=_arg(_threshold_arg),
+        metavar="[STRATEGY=]MIN:MAX:COUNT",
+        help="log-spaced thresholds, e.g. 0.01:1000:25 for every strategy, or autoclip=1:90:9 for one "
+        "(default per strategy: "
+        + ", ".join(f"{s} {r.lo:g}:{r.hi:g}:{r.count}" for s, r in DEFAULT_RANGES.items())
+        + ")",
+    )
+    axis = p.add_mutually_exclusive_group()
+    axis.add_argument("--lrs", type=_arg(LogRange.parse), metavar="MIN:MAX:COUNT", help="second axis: learning rates")
+    axis.add_argument(
+        "--batch-sizes", type=_arg(_batch_sizes_arg), metavar="B1,B2,...", help="second axis: batch sizes"
+    )
+    p.add_argument(
+        "--chunk-size", type=int, default=DEFAULT_CHUNK, help=f"runs per lockstep job (default {DEFAULT_CHUNK})"
+    )
+    p.add_argument(
+        "--metric", choices=sorted(METRICS), default="final_val", help="what 'best' means (default final_val)"
+    )
+    add_setup_flags(p)
+    p.set_defaults(func=cmd_sweep, seeds=3)
+
+
+def _bar(pr: SweepProgress, quiet: bool) -> None:
+    import sys
+
+    if quiet:
+        return
+    width = 30
+    fill = int(width * pr.fraction)
+    sys.stderr.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {pr.line()}    ")
+    sys.stderr.flush()
+
+
+def cmd_sweep(args) -> int:
+    import sys
+
+    from .__main__ import base_spec, write_outputs
+
+    per: dict[str, LogRange] = {}
+    every = None
+    for name, rng in args.thresholds or []:
+        if name is None:
+            every = rng
+        else:
+            per[name] = rng
+    strategies = args.strategy or ["value", "norm"]
+    ranges = {s: per.get(s) or every or DEFAULT_RANGES[s] for s in strategies}
+    sweep = make_sweep(base_spec(args), strategies, ranges, args.seeds, lrs=args.lrs, batch_sizes=args.batch_sizes)
+    n = len(sweep.points())
+    chunks = plan_chunks(sweep, args.chunk_size)
+    print(f"sweeping {n} runs in {len(chunks)} lockstep job(s): {', '.join(sweep.strategies)} + none", file=sys.stderr)
+    result = run_sweep(sweep, chunk_size=args.chunk_size, device=args.device, on_progress=lambda p: _bar(p, args.quiet))
+    if not args.quiet:
+        sys.stderr.write(f"\ndone in {result.elapsed:.1f}s\n")
+    print(best_thresholds(result, args.metric))
+    write_outputs(result, args, dumps, to_frame)
+    return 0
