@@ -10,6 +10,19 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config import PRESETS, ClipSpec, ConfigError, DataSpec, RunSpec, validate_runs, with_clips
+from .sweep import (
+    DEFAULT_CHUNK,
+    DEFAULT_RANGES,
+    METRICS,
+    SWEEP_STRATEGIES,
+    LogRange,
+    make_sweep,
+    plan_chunks,
+    run_sweep,
+)
+from .sweep_report import best_thresholds
+from .sweep_report import dumps as sweep_dumps
+from .sweep_report import to_frame as sweep_frame
 
 
 class _Parser(argparse.ArgumentParser):
@@ -134,6 +147,112 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- python -m clipviz sweep ... ----------------------------------------------------------------
+def _arg(fn):
+    """A ConfigError-raising parser as an argparse type: its message becomes the one-line error."""
+
+    def parse(text: str):
+        try:
+            return fn(text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = fn.__name__
+    return parse
+
+
+def _threshold_arg(text: str) -> tuple[str | None, LogRange]:
+    """'0.01:1000:25' (every strategy) or 'norm=0.01:1000:25' (one strategy)."""
+    name, sep, rng = text.partition("=")
+    if not sep:
+        return None, LogRange.parse(text)
+    if name.strip() not in SWEEP_STRATEGIES:
+        raise ConfigError(f"unknown clipping strategy {name.strip()!r}; choose from {', '.join(SWEEP_STRATEGIES)}")
+    return name.strip(), LogRange.parse(rng)
+
+
+def _batch_sizes_arg(text: str) -> tuple[int, ...]:
+    out = []
+    for part in text.split(","):
+        try:
+            v = int(part)
+        except ValueError:
+            raise ConfigError(f"batch size {part!r} is not a whole number") from None
+        if v <= 0:
+            raise ConfigError(f"batch size {v} must be positive")
+        out.append(v)
+    return tuple(out)
+
+
+def add_sweep_parser(subparsers) -> None:
+    """The `sweep` subcommand."""
+    p = subparsers.add_parser(
+        "sweep",
+        help="train every strategy x threshold x seed and find the threshold that works",
+        description="Sweep clipping thresholds (log-spaced) per strategy, with the no-clipping baseline and seeds.",
+    )
+    p.add_argument(
+        "--strategy",
+        action="append",
+        choices=SWEEP_STRATEGIES,
+        help="strategy to sweep (repeat; default: value and norm); the no-clipping baseline always runs",
+    )
+    p.add_argument(
+        "--thresholds",
+        action="append",
+        type=_arg(_threshold_arg),
+        metavar="[STRATEGY=]MIN:MAX:COUNT",
+        help="log-spaced thresholds, e.g. 0.01:1000:25 for every strategy, or autoclip=1:90:9 for one "
+        "(default per strategy: "
+        + ", ".join(f"{s} {r.lo:g}:{r.hi:g}:{r.count}" for s, r in DEFAULT_RANGES.items())
+        + ")",
+    )
+    axis = p.add_mutually_exclusive_group()
+    axis.add_argument("--lrs", type=_arg(LogRange.parse), metavar="MIN:MAX:COUNT", help="second axis: learning rates")
+    axis.add_argument(
+        "--batch-sizes", type=_arg(_batch_sizes_arg), metavar="B1,B2,...", help="second axis: batch sizes"
+    )
+    p.add_argument(
+        "--chunk-size", type=int, default=DEFAULT_CHUNK, help=f"runs per lockstep job (default {DEFAULT_CHUNK})"
+    )
+    p.add_argument(
+        "--metric", choices=sorted(METRICS), default="final_val", help="what 'best' means (default final_val)"
+    )
+    _add_setup_flags(p)
+    p.set_defaults(func=cmd_sweep, seeds=3)
+
+
+def _bar(pr, quiet: bool) -> None:
+    if quiet:
+        return
+    width = 30
+    fill = int(width * pr.fraction)
+    sys.stderr.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {pr.line()}    ")
+    sys.stderr.flush()
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    per: dict[str, LogRange] = {}
+    every = None
+    for name, rng in args.thresholds or []:
+        if name is None:
+            every = rng
+        else:
+            per[name] = rng
+    strategies = args.strategy or ["value", "norm"]
+    ranges = {s: per.get(s) or every or DEFAULT_RANGES[s] for s in strategies}
+    sweep = make_sweep(base_spec(args), strategies, ranges, args.seeds, lrs=args.lrs, batch_sizes=args.batch_sizes)
+    n = len(sweep.points())
+    chunks = plan_chunks(sweep, args.chunk_size)
+    print(f"sweeping {n} runs in {len(chunks)} lockstep job(s): {', '.join(sweep.strategies)} + none", file=sys.stderr)
+    result = run_sweep(sweep, chunk_size=args.chunk_size, device=args.device, on_progress=lambda p: _bar(p, args.quiet))
+    if not args.quiet:
+        sys.stderr.write(f"\ndone in {result.elapsed:.1f}s\n")
+    print(best_thresholds(result, args.metric))
+    write_outputs(result, args, sweep_dumps, sweep_frame)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m clipviz", description="Train and compare gradient-clipping strategies.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -146,12 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_setup_flags(run)
     run.set_defaults(func=cmd_run)
-    try:
-        from .sweep import add_sweep_parser
-    except ImportError:  # the sweep subcommand lives in its own module
-        pass
-    else:
-        add_sweep_parser(sub, _add_setup_flags)
+    add_sweep_parser(sub)
     return parser
 
 

@@ -49,7 +49,7 @@ class EpochRecord:
     def to_json_dict(self) -> dict[str, Any]:
         d = asdict(self)
         bad = sorted(k for k, v in d.items() if _has_nonfinite(v))
-        d = {k: _encode(v) for k, v in d.items()}
+        d = {k: encode_nonfinite(v) for k, v in d.items()}
         d["diverged"] = None if self.diverged is None else {"epoch": self.diverged[0], "step": self.diverged[1]}
         d["nonfinite"] = bad
         return d
@@ -57,7 +57,7 @@ class EpochRecord:
     @classmethod
     def from_json_dict(cls, d: dict[str, Any]) -> EpochRecord:
         names = {f.name for f in fields(cls)}
-        kw = {k: _decode(v) for k, v in d.items() if k in names}
+        kw = {k: decode_nonfinite(v) for k, v in d.items() if k in names}
         div = d.get("diverged")
         kw["diverged"] = None if not div else (int(div["epoch"]), int(div["step"]))
         return cls(**kw)
@@ -73,26 +73,28 @@ def _has_nonfinite(v: Any) -> bool:
     return False
 
 
-def _encode(v: Any) -> Any:
+def encode_nonfinite(v: Any) -> Any:
+    """NaN/inf floats (also inside lists and dicts) -> "nan", "inf", "-inf": JSON has no token for them."""
     if isinstance(v, float) and not math.isfinite(v):
         return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
     if isinstance(v, dict):
-        return {k: _encode(x) for k, x in v.items()}
+        return {k: encode_nonfinite(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_encode(x) for x in v]
+        return [encode_nonfinite(x) for x in v]
     return v
 
 
 _SPECIAL = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
-def _decode(v: Any) -> Any:
+def decode_nonfinite(v: Any) -> Any:
+    """The inverse of encode_nonfinite."""
     if isinstance(v, str) and v in _SPECIAL:
         return _SPECIAL[v]
     if isinstance(v, dict):
-        return {k: _decode(x) for k, x in v.items()}
+        return {k: decode_nonfinite(x) for k, x in v.items()}
     if isinstance(v, list):
-        return [_decode(x) for x in v]
+        return [decode_nonfinite(x) for x in v]
     return v
 
 
