@@ -63,10 +63,23 @@ def test_seeds_and_strategies(tmp_path, capsys):
         (["walk"], "invalid choice"),
     ],
 )
-def test_bad_flags_exit_2_with_one_line(argv, message):
-    proc = subprocess.run([sys.executable, "-m", "clipviz", *argv], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("clipviz: error:"), proc.stderr
+def test_bad_flags_exit_2_with_one_line(argv, message, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors leave through exit(2)
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("clipviz: error:"), err
     assert message in lines[0]
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in err
+
+
+def test_python_m_clipviz_reports_bad_input_without_a_traceback():
+    """The real entry point, in a fresh interpreter: exit code 2 and one line."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "clipviz", "run", "--clip", "value:-1"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == "clipviz: error: value clipping needs a positive finite clip value c, got -1.0"
