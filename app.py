@@ -1,0 +1,268 @@
+"""clipviz dashboard: gradient clipping side by side, live. Layout and wiring only.
+
+controls (sidebar widgets -> list[RunSpec]) -> state.start_job (one batched background Job)
+-> a polling fragment redraws the charts each epoch -> finished runs go into the session's RunStore.
+Run it with `streamlit run app.py`.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import replace
+
+import streamlit as st
+
+from clipviz.config import Caps, ClipSpec, ConfigError
+from clipviz.ui import charts, controls, export, lesson, state
+
+try:  # the sweep tab lives in its own, optional module (written separately); only this import is optional
+    from clipviz.ui.sweep_view import render_sweep
+except ImportError:
+    render_sweep = None
+
+st.set_page_config(page_title="clipviz: gradient clipping side by side", page_icon="✂️", layout="wide")
+state.init_session()
+try:
+    caps = Caps.from_env()
+except ConfigError as exc:
+    st.error(f"Server configuration problem: {exc}")
+    st.stop()
+if "url_problems" not in st.session_state:  # a shared link's values, checked once before the widgets read them
+    st.session_state.url_problems = controls.audit_url({k: st.query_params.get_all(k) for k in st.query_params}, caps)
+store = state.store()
+state.ingest_finished()
+
+# static CSS only (never user data): a tighter top margin so charts fit a 1280x720 projector
+_CSS = "[data-testid='stMainBlockContainer'] {padding-top: 1.5rem; padding-bottom: 1rem;}"
+_BIG = (
+    "[data-testid='stMain'] [data-testid='stMarkdown'] p, [data-testid='stMain'] [data-testid='stMarkdown'] li, "
+    "[data-testid='stMain'] [data-testid='stAlert'] p, [data-testid='stWidgetLabel'] p {font-size: 1.3rem !important;}"
+)
+bar = st.columns([1, 1, 1.1, 1, 1.7, 1.2, 1.5], vertical_alignment="bottom")
+classroom = bar[6].toggle("Classroom", key="classroom", bind="query-params", help="big fonts, fewer controls")
+st.markdown(f"<style>{_CSS}{_BIG if classroom else ''}</style>", unsafe_allow_html=True)
+
+with st.sidebar:
+    st.markdown("### ✂️ clipviz")
+    st.caption("Gradient clipping, side by side: none vs value vs norm, live.")
+    values = controls.render_controls(caps, classroom)
+
+runs, setup_error, csv_path = None, None, None
+try:
+    csv_path = controls.uploaded_csv(caps)
+except ConfigError as exc:
+    st.sidebar.error(f"CSV file rejected: {exc}")
+    setup_error = f"CSV file rejected: {exc}"
+try:
+    runs = controls.build_runs(values, csv_path, caps)
+except ConfigError as exc:
+    setup_error = f"Cannot train this setup: {exc}"
+
+
+# ---- job controls -------------------------------------------------------------------------------
+def _job_call(method: str) -> None:
+    job = st.session_state.get("job")
+    if job is not None:
+        getattr(job, method)()
+
+
+def _set_speed() -> None:
+    job = st.session_state.get("job")
+    if job is not None:
+        job.set_speed(controls.speed_of(st.session_state.speed))
+
+
+def _repeat_seeds() -> None:
+    st.session_state.n_seeds, st.session_state.autostart = 5, True
+
+
+train = bar[0].button("Train", key="train", type="primary", icon=":material/play_arrow:", disabled=runs is None,
+                      help="train the selected strategies side by side, as one batched job")  # fmt: skip
+start_error = None
+if (train or st.session_state.pop("autostart", False)) and runs is not None:
+    try:
+        dataset = state.cached_dataset(runs[0].data)
+        state.start_job(
+            runs, controls.device_of(values), controls.speed_of(st.session_state.get("speed", "20")), dataset
+        )
+        state.show_runs(state.pinned_ids())
+        st.session_state.url_problems = []
+    except ConfigError as exc:
+        start_error = f"Cannot train this setup: {exc}"
+snap = state.current_snapshot()
+live = snap is not None and not snap.finished
+bar[1].button("Stop", key="stop", icon=":material/stop:", disabled=not live, on_click=_job_call, args=("stop",),
+              help="stop after this epoch; what was trained is kept")  # fmt: skip
+paused = live and snap.state == "paused"
+bar[2].button("Resume" if paused else "Pause", key="pause", icon=":material/pause:", disabled=not live, on_click=_job_call,
+              args=("resume" if paused else "pause",))  # fmt: skip
+bar[3].button("Step", key="step", icon=":material/skip_next:", disabled=not live, on_click=_job_call, args=("step_epoch",),
+              help="train exactly one more epoch, then pause")  # fmt: skip
+bar[4].select_slider("Epochs per second", controls.SPEEDS, value="20", key="speed", on_change=_set_speed)
+bar[5].button("5 seeds", key="repeat_seeds", icon=":material/replay:", disabled=runs is None, on_click=_repeat_seeds,
+              help="train each setting with 5 seeds: the Seeds view shows median and spread")  # fmt: skip
+
+if st.session_state.url_problems:
+    st.error("  \n".join(st.session_state.url_problems), icon=":material/link_off:")
+for err in (setup_error, start_error):
+    if err:
+        st.error(err)
+if st.session_state.job_error:
+    st.error(st.session_state.job_error)
+while st.session_state.notices:
+    kind, text = st.session_state.notices.pop(0)
+    getattr(st, kind)(text)
+
+
+# ---- what the charts show -------------------------------------------------------------------------
+def shown_runs() -> list:
+    """History runs picked for the charts, plus the live job's runs while it trains."""
+    stored = store.get(state.shown_ids())
+    job_snap = state.current_snapshot()
+    if job_snap is not None and any(j.id == job_snap.job_id for j in st.session_state.jobs):
+        stored += [state.StoredRun(0, r, job_snap.job_id, job_snap.state) for r in job_snap.results if r.records]
+    return stored
+
+
+def status_lines(results) -> None:
+    lines = []
+    for r in results:
+        last = r.final
+        if r.diverged:
+            text = f"**diverged at epoch {r.diverged[0]}, step {r.diverged[1]}**"
+        else:
+            text = f"train loss {last.train_loss:.4g}, validation loss {last.val_loss:.4g} after epoch {last.epoch}"
+        lines.append(f"`{r.label}`: {text}")
+    with st.container(key="run_status"):
+        st.markdown("  \n".join(lines))
+
+
+VIEWS = ("Norms", "One epoch", "Layers", "Clip rate", "Values", "Seeds")
+
+
+def gradient_chart(results, view: str, post: bool) -> None:
+    """The chosen gradient view (one epoch and values get an epoch slider)."""
+    if view == "Layers":
+        fig = charts.layer_norms(results, height=400)
+    elif view == "Clip rate":
+        fig = charts.clip_rate(results, height=400)
+    elif view == "Seeds":
+        fig = charts.seed_band(results, "val_loss", height=400)
+    elif view == "Norms":
+        fig = charts.norm_distribution_grid(results, post=post, height=400)
+    else:
+        last = max((r.final.epoch for r in results if r.final), default=1)
+        epoch = st.slider("Epoch", 1, last, last, key="hist_epoch") if last > 1 else last
+        fig = (charts.epoch_histogram if view == "One epoch" else charts.value_histogram)(results, epoch, post=post)
+    st.plotly_chart(fig, key="chart_view")
+
+
+def live_view() -> None:
+    """Progress, one status line per run and the charts; reruns itself every half second while training."""
+    snap = state.current_snapshot()
+    prog, stat = st.columns([1, 2])
+    with prog.container(key="job_progress"):
+        if snap is None:
+            st.caption("Press **Train** to train the selected strategies side by side.")
+        elif snap.state == "queued":
+            st.progress(0.0, text=f"queued, position {snap.queue_position}: other jobs are training")
+        else:
+            why = ": every run diverged" if snap.state == "done" and snap.epoch < snap.epochs else ""
+            st.progress(min(1.0, snap.progress), text=f"epoch {snap.epoch}/{snap.epochs} · {snap.state}{why}")
+    results = state.display_results(shown_runs())
+    with stat:
+        if results:
+            status_lines(results)
+        else:
+            st.info("No runs to show yet. Train, or pick runs in the History tab.")
+    left, right = st.columns([1, 1.2])
+    with left:
+        c1, c2 = st.columns(2)
+        log_y = c1.toggle("Log-scale loss", value=True, key="log_y")
+        post = c2.toggle("After clipping", value=False, key="post_clip", help="gradients as the optimizer saw them")
+        st.plotly_chart(charts.loss_curves(results, log_y=log_y, height=400), key="chart_loss")
+    with right:
+        seeds = len({r.spec.seed for r in results}) > 1  # the seed view only when there is a spread to show
+        views = VIEWS if seeds else VIEWS[:-1]
+        view = st.segmented_control("Gradients", views, default=views[0], key="view", label_visibility="collapsed")
+        gradient_chart(results, view or VIEWS[0], post)
+    if snap is not None and snap.finished and any(j.id == snap.job_id for j in st.session_state.jobs):
+        st.rerun(scope="app")  # the job ended: store its runs and switch polling off
+
+
+# ---- page -----------------------------------------------------------------------------------------
+tab_cmp, tab_lesson, tab_hist, tab_sweep, tab_export = st.tabs(
+    [
+        ":material/monitoring: Compare",
+        ":material/school: Lesson",
+        ":material/history: History",
+        ":material/tune: Sweep",
+        ":material/download: Export",
+    ]  # fmt: skip
+)
+with tab_cmp:
+    st.fragment(run_every=0.5 if state.any_active() else None)(live_view)()
+
+
+def _lesson_target():
+    if runs is None:
+        return None
+    try:
+        ds = state.cached_dataset(runs[0].data)
+    except ConfigError:
+        return None
+    return ds.y_train_raw, ds.target_name
+
+
+with tab_lesson:
+    lesson.render_lesson(_lesson_target)
+
+with tab_hist:
+    ids, v = store.ids(), st.session_state.history_version
+    label = {s.id: state.describe(s) for s in store.get()}
+    st.multiselect("Show on the charts", ids, default=state.shown_ids(), key=f"overlay_{v}", format_func=label.get,
+                   on_change=state.on_history_pick, args=("overlay", v))  # fmt: skip
+    st.multiselect(
+        "Pinned (kept when the history is full, and kept on the charts)",
+        ids,
+        default=state.pinned_ids(),
+        key=f"pinned_{v}",
+        format_func=label.get,
+        on_change=state.on_history_pick,
+        args=("pinned", v),
+    )
+    c1, c2, c3 = st.columns(3)
+    c1.button("Show the latest job", key="show_latest", on_click=lambda: state.show_runs(store.latest_job_ids()))
+    c2.button("Show all", key="show_all", on_click=lambda: state.show_runs(store.ids()))
+    c3.button("Remove unpinned runs", key="clear_history", on_click=state.remove_unpinned)
+    st.caption(f"{len(store)} runs kept (at most {store.cap}; the oldest unpinned go first).")
+    if len(store):
+        table = charts.runs_table([s.result for s in store.get()])
+        table.insert(0, "id", ids)
+        table.insert(1, "status", [s.status for s in store.get()])
+        diff = charts.differing_columns(table)
+        first = ["id", "status", "run", "final_train", "final_val", "best_val", "diverged", *diff]  # results first
+        table = table[first + [c for c in table.columns if c not in first]]
+        styled = table.style.map(lambda _: "background-color: #fff3cd", subset=diff) if diff else table
+        st.dataframe(styled, hide_index=True, key="history_table")
+        st.caption("Highlighted: the settings that differ between runs.")
+
+with tab_sweep:
+    if render_sweep is None:
+        st.info("Threshold sweep: coming soon — many thresholds trained at once, final loss against threshold.")
+    elif runs is None:
+        st.error(setup_error or "Fix the setup in the sidebar first.")
+    else:
+        render_sweep(replace(runs[0], clip=ClipSpec("none"), label=""))
+
+with tab_export:
+    chosen = state.display_results(store.get(state.shown_ids()))
+    figs = {
+        "Loss curves": functools.partial(charts.loss_curves, chosen),
+        "Norm distribution": functools.partial(charts.norm_distribution_grid, chosen),
+        "Per-layer norms": functools.partial(charts.layer_norms, chosen),
+        "Clip rate": functools.partial(charts.clip_rate, chosen),
+        "Value histogram": functools.partial(charts.value_histogram, chosen),
+        "Seed spread": functools.partial(charts.seed_band, chosen),
+    }
+    export.render_export(chosen, figs if chosen else {}, runs)

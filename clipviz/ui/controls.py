@@ -1,0 +1,309 @@
+"""Widgets -> plain values -> list[RunSpec]. Every widget is bound to the URL, so a link reproduces a setup.
+
+One table (`widget_table`) says what each widget is: the sidebar draws from it, presets and lessons
+write into it, and `audit_url` checks a link's raw parameters against it. Streamlit silently drops a URL
+value a widget cannot take; we say which one and why, and validate_runs checks the whole setup again.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import os
+import tempfile
+from dataclasses import dataclass, replace
+from typing import Any
+
+import streamlit as st
+import torch
+
+from ..config import (
+    ACTIVATIONS,
+    DATASETS,
+    INITS,
+    OPTIMIZERS,
+    PRESETS,
+    STRATEGIES,
+    THRESHOLD_MEANING,
+    TUTORIAL_CLIPS,
+    Caps,
+    ClipSpec,
+    ConfigError,
+    DataSpec,
+    ModelSpec,
+    OptimSpec,
+    RunSpec,
+    validate_runs,
+    with_clips,
+)
+from ..data import read_csv_table
+
+# log-scale ranges of each strategy's one number (the tutorial's values sit on the grid)
+THRESHOLD_RANGES = {
+    "value": (0.01, 100.0),
+    "norm": (0.01, 1000.0),
+    "tensor-norm": (0.01, 1000.0),
+    "agc": (0.001, 1.0),
+    "autoclip": (1.0, 100.0),
+    "zclip": (0.5, 10.0),
+}
+SPEEDS = ("1", "2", "5", "10", "20", "50", "max")  # playback, epochs per second
+ADVANCED = "advanced"  # section hidden in classroom mode
+
+
+def log_options(lo: float, hi: float, per_decade: int = 10) -> tuple[float, ...]:
+    """Log-spaced values from lo to hi, two significant digits: 1, 1.3, 1.6, 2, 2.5, 3.2, 4, 5, 6.3, 7.9, 10."""
+    k0, k1 = math.ceil(math.log10(lo) * per_decade - 1e-9), math.floor(math.log10(hi) * per_decade + 1e-9)
+    vals = {float(f"{10 ** (k / per_decade):.2g}") for k in range(k0, k1 + 1)} | {lo, hi}
+    return tuple(sorted(vals))
+
+
+def thr_key(strategy: str) -> str:
+    return "thr_" + strategy.replace("-", "_")
+
+
+def fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+@dataclass(frozen=True)
+class Widget:
+    label: str
+    kind: str  # select, multi, options (select_slider), int (slider), float (slider), toggle, number
+    default: Any
+    options: tuple = ()
+    lo: float = 0
+    hi: float = 0
+    step: float = 1
+    section: str = "main"  # main, data, training, model; ADVANCED ones hide in classroom mode
+    help: str | None = None
+
+
+def _pow2(hi: int, extra: tuple[int, ...] = ()) -> tuple[int, ...]:
+    return tuple(sorted({2**i for i in range(int(math.log2(hi)) + 1)} | {v for v in extra if v <= hi}))
+
+
+@functools.cache
+def widget_table(caps: Caps) -> dict[str, Widget]:
+    d, m, o = DataSpec(), ModelSpec(), OptimSpec()
+    t: dict[str, Widget] = {
+        "strategies": Widget("Clipping strategies", "multi", [c.strategy for c in TUTORIAL_CLIPS], STRATEGIES,
+                             help="trained side by side, one batched job; same data, same initial weights"),
+    }  # fmt: skip
+    for s, (lo, hi) in THRESHOLD_RANGES.items():
+        what, default = THRESHOLD_MEANING[s]
+        t[thr_key(s)] = Widget(f"{s}: {what}", "options", default, log_options(lo, hi))
+    rows = _pow2(caps.max_rows, (100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000))
+    t |= {
+        "scale_y": Widget("Scale the target (the textbook fix)", "toggle", d.scale_y,
+                          help="standardise y with train mean/std: the real cure for this explosion"),
+        "dataset": Widget("Dataset", "select", d.name, DATASETS, section="data",
+                          help="adding = the sequence task of Pascanu et al.; it trains an RNN"),
+        "n_samples": Widget("Samples", "options", d.n_samples, tuple(v for v in rows if v >= 4), section="data"),
+        "n_features": Widget("Features", "int", d.n_features, lo=1, hi=min(caps.max_features, 200), section="data"),
+        "noise": Widget("Noise on the target", "options", d.noise, (0.0, *log_options(0.01, 100, 4)), section="data"),
+        "seq_len": Widget("Sequence length", "int", d.seq_len, lo=2, hi=caps.max_seq_len, section="data"),
+        "scale_x": Widget("Scale the inputs", "toggle", d.scale_x, section="data"),
+        "lr": Widget("Learning rate", "options", o.lr, log_options(1e-5, 1.0)),
+        "epochs": Widget("Epochs", "int", o.epochs, lo=1, hi=caps.max_epochs),
+        "optimizer": Widget("Optimizer", "select", o.name, OPTIMIZERS, section=ADVANCED),
+        "momentum": Widget("Momentum (sgd)", "float", o.momentum, lo=0.0, hi=0.99, step=0.01, section=ADVANCED),
+        "batch_size": Widget("Batch size", "options", o.batch_size, _pow2(1024), section=ADVANCED),
+        "seed": Widget("Seed", "number", 1, lo=0, hi=2**31 - 1, section=ADVANCED),
+        "n_seeds": Widget("Seeds per setting", "int", 1, lo=1, hi=10, section=ADVANCED,
+                          help="repeat each run with consecutive seeds: the charts show median and spread"),
+        "depth": Widget("Hidden layers", "int", m.depth, lo=1, hi=caps.max_depth, section=ADVANCED),
+        "width": Widget("Units per layer", "options", m.width, _pow2(caps.max_width, (25,)), section=ADVANCED),
+        "activation": Widget("Activation", "select", m.activation, ACTIVATIONS, section=ADVANCED),
+        "init": Widget("Initialisation", "select", m.init, INITS, section=ADVANCED),
+        "init_scale": Widget("Init scale", "options", m.init_scale, log_options(0.1, 10), section=ADVANCED),
+    }  # fmt: skip
+    if torch.cuda.is_available():
+        t["device"] = Widget("Device", "select", "cpu", ("cpu", "cuda"), section=ADVANCED)
+    return t
+
+
+# ---- drawing --------------------------------------------------------------------------------------
+def _draw(key: str, w: Widget, disabled: bool = False) -> Any:
+    kw = dict(key=key, bind="query-params", persist_state="session", help=w.help, disabled=disabled)
+    # a preset or lesson may have just set the value through session state: then that value, not the default
+    w = replace(w, default=None) if key in st.session_state and w.kind == "multi" else w
+    if w.kind == "select":
+        return st.selectbox(w.label, w.options, index=w.options.index(w.default), **kw)
+    if w.kind == "multi":
+        return st.multiselect(w.label, w.options, default=w.default, **kw)
+    if w.kind == "options":
+        return st.select_slider(w.label, w.options, value=w.default, format_func=fmt, **kw)
+    if w.kind == "int":
+        return st.slider(w.label, int(w.lo), int(w.hi), int(w.default), **kw)
+    if w.kind == "float":
+        return st.slider(w.label, float(w.lo), float(w.hi), float(w.default), step=w.step, **kw)
+    if w.kind == "toggle":
+        return st.toggle(w.label, value=w.default, **kw)
+    return st.number_input(w.label, int(w.lo), int(w.hi), int(w.default), step=1, **kw)
+
+
+def render_controls(caps: Caps, classroom: bool) -> dict[str, Any]:
+    """Draw the setup widgets (call inside st.sidebar); returns {key: value} for build_runs."""
+    table = widget_table(caps)
+    v: dict[str, Any] = {k: st.session_state.get(k, w.default) for k, w in table.items()}
+    st.selectbox("Preset", ["(keep)", *PRESETS], key="preset", on_change=_on_preset,
+                 help="load a ready-made setup into the controls")  # fmt: skip
+    v["strategies"] = _draw("strategies", table["strategies"])
+    for s in v["strategies"]:
+        if s != "none":
+            v[thr_key(s)] = _draw(thr_key(s), table[thr_key(s)])
+    v["scale_y"] = _draw("scale_y", table["scale_y"])
+    v["lr"] = _draw("lr", table["lr"])
+    v["epochs"] = _draw("epochs", table["epochs"])
+    if classroom:
+        st.caption("Classroom mode: advanced settings hidden (they keep their values).")
+        return v
+    with st.expander("Data", expanded=False):
+        v["dataset"] = _draw("dataset", table["dataset"])
+        name = v["dataset"]
+        v["n_samples"] = _draw("n_samples", table["n_samples"], disabled=name in ("diabetes", "csv"))
+        v["n_features"] = _draw("n_features", table["n_features"], disabled=name not in ("regression", "friedman1"))
+        v["noise"] = _draw("noise", table["noise"], disabled=name not in ("regression", "friedman1"))
+        v["seq_len"] = _draw("seq_len", table["seq_len"], disabled=name != "adding")
+        v["scale_x"] = _draw("scale_x", table["scale_x"])
+        st.file_uploader("CSV file (numeric columns, header row)", type=["csv", "txt", "tsv"], key="csv_file",
+                         help=f"up to {caps.max_upload_mb} MB; the last column is the target unless you name one")  # fmt: skip
+        v["csv_target"] = st.text_input("Target column (csv)", key="csv_target", placeholder="last column")
+    with st.expander("Training", expanded=False):
+        for k in ("optimizer", "momentum", "batch_size", "seed", "n_seeds", "device"):
+            if k in table:
+                v[k] = _draw(k, table[k], disabled=k == "momentum" and v["optimizer"] != "sgd")
+        if "device" not in table:
+            st.caption("Device: CPU (no CUDA GPU on this server)")
+    with st.expander("Model", expanded=False):
+        st.caption("RNN (Elman, tanh) for the adding task; MLP otherwise.")
+        for k in ("depth", "width", "activation", "init", "init_scale"):
+            v[k] = _draw(k, table[k])
+    return v
+
+
+# ---- values -> specs ------------------------------------------------------------------------------
+def build_runs(v: dict[str, Any], csv_path: str | None, caps: Caps) -> list[RunSpec]:
+    """The K runs of the comparison the controls describe; ConfigError names what cannot run."""
+    name = v["dataset"]
+    data = DataSpec(name=name, n_samples=v["n_samples"], n_features=v["n_features"], noise=float(v["noise"]),
+                    seq_len=v["seq_len"], scale_x=bool(v["scale_x"]), scale_y=bool(v["scale_y"]),
+                    csv_path=csv_path if name == "csv" else None,
+                    target=(v.get("csv_target") or None) if name == "csv" else None)  # fmt: skip
+    model = ModelSpec(kind="rnn" if name == "adding" else "mlp", width=v["width"], depth=v["depth"],
+                      activation=v["activation"], init=v["init"], init_scale=float(v["init_scale"]))  # fmt: skip
+    optim = OptimSpec(name=v["optimizer"], lr=float(v["lr"]), momentum=float(v["momentum"]),
+                      batch_size=v["batch_size"], epochs=v["epochs"])  # fmt: skip
+    clips = [ClipSpec(s, None if s == "none" else float(v[thr_key(s)])) for s in v["strategies"]]
+    seed, n = int(v["seed"]), int(v["n_seeds"])
+    runs = with_clips(RunSpec(data, model, optim), clips, tuple(range(seed, seed + n)))
+    validate_runs(runs, caps)
+    return runs
+
+
+def device_of(v: dict[str, Any]) -> str:
+    return v.get("device", "cpu")
+
+
+def speed_of(choice: str) -> float | None:
+    return None if choice == "max" else float(choice)
+
+
+# ---- presets, lessons and links -----------------------------------------------------------------
+def _snap(value: Any, w: Widget) -> Any:
+    """The widget's nearest allowed value (presets may sit between the log grid's points)."""
+    if w.kind == "options" and value not in w.options:
+        return min(w.options, key=lambda o: abs(math.log(max(o, 1e-12)) - math.log(max(value, 1e-12))))
+    if w.kind in ("int", "float"):
+        return type(w.default)(min(max(value, w.lo), w.hi))
+    return value
+
+
+def spec_state(spec: RunSpec, clips: tuple[ClipSpec, ...] = TUTORIAL_CLIPS, n_seeds: int = 1) -> dict[str, Any]:
+    """Widget values that reproduce `spec` with these clips."""
+    d, m, o = spec.data, spec.model, spec.optim
+    raw = dict(dataset=d.name, n_samples=d.n_samples, n_features=d.n_features, noise=d.noise, seq_len=d.seq_len,
+               scale_x=d.scale_x, scale_y=d.scale_y, lr=o.lr, epochs=o.epochs, optimizer=o.name,
+               momentum=o.momentum, batch_size=o.batch_size, seed=spec.seed, n_seeds=n_seeds, depth=m.depth,
+               width=m.width, activation=m.activation, init=m.init, init_scale=m.init_scale,
+               strategies=list(dict.fromkeys(c.strategy for c in clips)))  # fmt: skip
+    raw |= {thr_key(c.strategy): c.threshold for c in clips if c.strategy != "none"}
+    table = widget_table(Caps.from_env())
+    return {k: _snap(val, table[k]) for k, val in raw.items() if k in table}
+
+
+def load_setup(spec: RunSpec, clips: tuple[ClipSpec, ...] = TUTORIAL_CLIPS, n_seeds: int = 1, start=False) -> None:
+    """Put a setup into the controls (call from an on_click/on_change callback); start=True trains it."""
+    st.session_state.update(spec_state(spec, clips, n_seeds))
+    if start:
+        st.session_state.autostart = True
+
+
+def _on_preset() -> None:
+    name = st.session_state.get("preset")
+    if name in PRESETS:
+        load_setup(PRESETS[name])
+    st.session_state.preset = "(keep)"
+
+
+def audit_url(params: dict[str, list[str]], caps: Caps) -> list[str]:
+    """Messages for link parameters a widget cannot take (Streamlit ignores those silently)."""
+    table, out = widget_table(caps), []
+    for key, values in params.items():
+        w = table.get(key)
+        if w is None:
+            continue
+        for raw in values:
+            if not _url_ok(raw, w):
+                using = "the others are kept" if w.kind == "multi" else f"using {fmt(w.default)}"
+                out.append(f"Link parameter {key}={raw!r} was ignored: {_url_rule(w)}; {using}.")
+    if "device" in params and "device" not in table and any(v != "cpu" for v in params["device"]):
+        out.append("Link parameter device was ignored: this server has no CUDA GPU. Using the CPU.")
+    return out
+
+
+def _url_ok(raw: str, w: Widget) -> bool:
+    if w.kind in ("select", "multi", "options"):
+        return raw in {fmt(o) for o in w.options}
+    if w.kind == "toggle":
+        return raw.lower() in ("true", "false")
+    try:
+        x = float(raw)
+    except ValueError:
+        return False
+    return math.isfinite(x) and w.lo <= x <= w.hi and (w.kind == "float" or x == int(x))
+
+
+def _url_rule(w: Widget) -> str:
+    if w.kind in ("select", "multi"):
+        return f"{w.label.lower()} must be one of {', '.join(map(str, w.options))}"
+    if w.kind == "options":
+        return f"{w.label.lower()} must be one of the slider's values ({fmt(w.options[0])} to {fmt(w.options[-1])})"
+    if w.kind == "toggle":
+        return f"{w.label.lower()} must be true or false"
+    return f"{w.label.lower()} must be a {'number' if w.kind == 'float' else 'whole number'} in [{w.lo:g}, {w.hi:g}]"
+
+
+# ---- csv upload ---------------------------------------------------------------------------------
+@st.cache_data(max_entries=8, show_spinner=False)
+def _save_csv(data: bytes, max_rows: int, max_features: int, max_upload_mb: int) -> str:
+    caps = Caps(max_rows=max_rows, max_features=max_features, max_upload_mb=max_upload_mb)
+    read_csv_table(data, caps)  # ConfigError with line and column for a bad file (errors are not cached)
+    folder = os.path.join(tempfile.gettempdir(), "clipviz_uploads")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, hashlib.sha256(data).hexdigest()[:20] + ".csv")
+    with open(path, "wb") as fh:
+        fh.write(data)
+    return path
+
+
+def uploaded_csv(caps: Caps) -> str | None:
+    """Path of the uploaded CSV once it validates; ConfigError for a bad file, None when there is none."""
+    f = st.session_state.get("csv_file")
+    if f is None:
+        return None
+    if f.size > caps.max_upload_mb * 1024 * 1024:
+        raise ConfigError(f"the file is {f.size / 2**20:.1f} MB, over the cap max_upload_mb={caps.max_upload_mb}")
+    return _save_csv(f.getvalue(), caps.max_rows, caps.max_features, caps.max_upload_mb)
