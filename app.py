@@ -14,11 +14,7 @@ import streamlit as st
 
 from clipviz.config import Caps, ClipSpec, ConfigError
 from clipviz.ui import charts, controls, export, lesson, state
-
-try:  # the sweep tab lives in its own, optional module (written separately); only this import is optional
-    from clipviz.ui.sweep_view import render_sweep
-except ImportError:
-    render_sweep = None
+from clipviz.ui.sweep_view import render_sweep
 
 st.set_page_config(page_title="clipviz: gradient clipping side by side", page_icon="✂️", layout="wide")
 state.init_session()
@@ -248,9 +244,7 @@ with tab_hist:
         st.caption("Highlighted: the settings that differ between runs.")
 
 with tab_sweep:
-    if render_sweep is None:
-        st.info("Threshold sweep: coming soon — many thresholds trained at once, final loss against threshold.")
-    elif runs is None:
+    if runs is None:
         st.error(setup_error or "Fix the setup in the sidebar first.")
     else:
         render_sweep(replace(runs[0], clip=ClipSpec("none"), label=""))
