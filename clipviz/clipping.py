@@ -88,6 +88,10 @@ class Layout:
         """Per-tensor [K, ...] -> a new flat [K, P] tensor."""
         return torch.cat([t.reshape(t.shape[0], -1) for t in tensors], 1)
 
+    def tensor_norms(self, x: Tensor) -> Tensor:
+        """[K, P] -> [K, L] float64 L2 norm of each tensor, accumulated in float64 (no float32 overflow)."""
+        return torch.stack([torch.linalg.vector_norm(p, dim=1, dtype=_F64) for p in x.split(self.sizes, 1)], 1)
+
     def segment_sums(self, x: Tensor, units: bool = False) -> Tensor:
         """[K, P] -> [K, L] per-tensor sums (or [K, U] per-unit sums) over views of x.
 
@@ -301,9 +305,8 @@ class Clipper:
     def __call__(self, g: Tensor, w: Tensor | None = None) -> ClipStats:
         """g: [K, P] gradient (float32), clipped in place; w: [K, P] parameters (AGC only)."""
         lay = self.layout
-        sq = g.to(_F64).square()  # float64: finite 1e20 elements must not overflow the norm
-        tsq = lay.segment_sums(sq)  # [K, L]
-        tn, gn = tsq.sqrt(), tsq.sum(1).sqrt()
+        tn = lay.tensor_norms(g)  # [K, L] float64: finite 1e20 elements must not overflow the norm
+        gn = torch.linalg.vector_norm(tn, dim=1)
         clipped, frac, changed = False, 0.0, False  # become [K] tensors once a rule is present
         if self.c_value is not None:
             n_out = clip_by_value(g, self.c_value)
@@ -315,7 +318,7 @@ class Clipper:
             clipped, frac = clipped | hit.any(1), frac + (hit * lay.tensor_share).sum(1)
             scale = f.float().index_select(1, lay.seg)
         if self.lam is not None:
-            gu = lay.segment_sums(sq, units=True).sqrt()  # [K, U]
+            gu = lay.segment_sums(g.to(_F64).square(), units=True).sqrt()  # [K, U]
             wu = lay.segment_sums(w.detach().to(_F64).square(), units=True).sqrt()
             f = agc_factor(gu, wu, self.lam, self.agc_eps)
             hit = f < 1.0
@@ -334,11 +337,11 @@ class Clipper:
             fg = f.float().unsqueeze(1)
             scale = fg if scale is None else scale * fg
         if scale is None:
-            post = gn if not changed else g.to(_F64).square().sum(1).sqrt()
+            post = gn if not changed else torch.linalg.vector_norm(g, dim=1, dtype=_F64)
         else:
             g.mul_(scale)
             # one factor per run: the norm scales with it (exact in real arithmetic); else measure again
-            post = gn * f if only_global else g.to(_F64).square().sum(1).sqrt()
+            post = gn * f if only_global else torch.linalg.vector_norm(g, dim=1, dtype=_F64)
         if isinstance(clipped, bool):  # 'none' only
             clipped, frac = torch.zeros_like(gn, dtype=torch.bool), torch.zeros_like(gn)
         return ClipStats(gn, tn, post, clipped, frac)  # float64: the engine reads them back as such
