@@ -29,7 +29,7 @@ store = state.store()
 state.ingest_finished()
 
 # static CSS only (never user data): a tighter top margin so charts fit a 1280x720 projector
-_CSS = "[data-testid='stMainBlockContainer'] {padding-top: 1.5rem; padding-bottom: 1rem;}"
+_CSS = "[data-testid='stMainBlockContainer'] {padding-top: 3.5rem; padding-bottom: 1rem;}"
 _BIG = (
     "[data-testid='stMain'] [data-testid='stMarkdown'] p, [data-testid='stMain'] [data-testid='stMarkdown'] li, "
     "[data-testid='stMain'] [data-testid='stAlert'] p, [data-testid='stWidgetLabel'] p {font-size: 1.3rem !important;}"
@@ -136,25 +136,39 @@ def status_lines(results) -> None:
 VIEWS = ("Norms", "One epoch", "Layers", "Clip rate", "Values", "Seeds")
 
 
+def figure(fn, results, *args, **kw):
+    """charts.fn(results, ...) built once per data and arguments: polls of an unchanged job (paused, queued,
+    finished, or a session watching while others train) reuse it instead of rebuilding it."""
+    key = (fn.__name__, tuple((r.spec, len(r.records)) for r in results), args, tuple(sorted(kw.items())))
+    cache = st.session_state.setdefault("figure_cache", {})
+    if key not in cache:
+        if len(cache) >= 16:  # a few views x toggles; the oldest entry goes first
+            cache.pop(next(iter(cache)))
+        cache[key] = fn(results, *args, **kw)
+    return cache[key]
+
+
 def gradient_chart(results, view: str, post: bool) -> None:
     """The chosen gradient view (one epoch and values get an epoch slider)."""
     if view == "Layers":
-        fig = charts.layer_norms(results, height=400)
+        fig = figure(charts.layer_norms, results, height=400)
     elif view == "Clip rate":
-        fig = charts.clip_rate(results, height=400)
+        fig = figure(charts.clip_rate, results, height=400)
     elif view == "Seeds":
-        fig = charts.seed_band(results, "val_loss", height=400)
+        fig = figure(charts.seed_band, results, "val_loss", height=400)
     elif view == "Norms":
-        fig = charts.norm_distribution_grid(results, post=post, height=400)
+        fig = figure(charts.norm_distribution_grid, results, post=post, height=400)
     else:
         last = max((r.final.epoch for r in results if r.final), default=1)
         epoch = st.slider("Epoch", 1, last, last, key="hist_epoch") if last > 1 else last
-        fig = (charts.epoch_histogram if view == "One epoch" else charts.value_histogram)(results, epoch, post=post)
+        fig = figure(
+            charts.epoch_histogram if view == "One epoch" else charts.value_histogram, results, epoch, post=post
+        )
     st.plotly_chart(fig, key="chart_view")
 
 
 def live_view() -> None:
-    """Progress, one status line per run and the charts; reruns itself every half second while training."""
+    """Progress, one status line per run and the charts; reruns itself while this session's job trains."""
     snap = state.current_snapshot()
     prog, stat = st.columns([1, 2])
     with prog.container(key="job_progress"):
@@ -176,7 +190,7 @@ def live_view() -> None:
         c1, c2 = st.columns(2)
         log_y = c1.toggle("Log-scale loss", value=True, key="log_y")
         post = c2.toggle("After clipping", value=False, key="post_clip", help="gradients as the optimizer saw them")
-        st.plotly_chart(charts.loss_curves(results, log_y=log_y, height=400), key="chart_loss")
+        st.plotly_chart(figure(charts.loss_curves, results, log_y=log_y, height=400), key="chart_loss")
     with right:
         seeds = len({r.spec.seed for r in results}) > 1  # the seed view only when there is a spread to show
         views = VIEWS if seeds else VIEWS[:-1]
@@ -197,7 +211,7 @@ tab_cmp, tab_lesson, tab_hist, tab_sweep, tab_export = st.tabs(
     ]  # fmt: skip
 )
 with tab_cmp:
-    st.fragment(run_every=0.5 if state.any_active() else None)(live_view)()
+    st.fragment(run_every=state.poll_interval() if state.any_active() else None)(live_view)()
 
 
 def _lesson_target():

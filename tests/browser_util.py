@@ -1,0 +1,299 @@
+"""The real dashboard in a real browser: start `streamlit run app.py`, drive Debian's Chromium with Playwright.
+
+Shared by tests/test_browser.py and benchmarks/{latency,load}.py. Playwright's own browser download
+does not work here, so Chromium is always /usr/bin/chromium (or whatever `chromium` is on PATH).
+Selectors live here too, so one app change means one edit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM_ARGS = [  # DESIGN.md: what Debian's chromium needs in a container
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+# several pages at once: keep hidden/occluded tabs running at full speed (load benchmark)
+NO_THROTTLE_ARGS = [
+    "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding",
+    "--disable-backgrounding-occluded-windows",
+]
+
+# ---- selectors (see app.py) ---------------------------------------------------------------------
+TRAIN = ".st-key-train button:visible"  # the Train button (streamlit also keeps a hidden copy of it)
+PROGRESS = ".st-key-job_progress"  # 'epoch k/N · state'
+STATUS = ".st-key-run_status"  # one line per run: 'none: diverged at epoch 1, step 8'
+SPEED = ".st-key-speed"  # the 'Epochs per second' select slider
+EXCEPTION = '[data-testid="stException"]'  # streamlit's traceback box
+ERROR = '[data-testid="stAlert"]'  # st.error / st.warning boxes
+IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'  # the script is not running
+
+
+def chromium_path() -> str | None:
+    """Debian's chromium, or None when it is not installed."""
+    if os.path.exists("/usr/bin/chromium"):
+        return "/usr/bin/chromium"
+    return shutil.which("chromium")
+
+
+def missing() -> str | None:
+    """Why the browser tests cannot run here, or None when they can."""
+    if chromium_path() is None:
+        return "chromium is not installed (apt-get install -y chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install playwright)"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- the server ---------------------------------------------------------------------------------
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    url: str
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the server's output, without its HTTP access log."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no server log)"
+        return "\n".join([ln for ln in text.splitlines() if not _ACCESS_LOG.search(ln)][-lines:])
+
+
+_ACCESS_LOG = re.compile(r' - "(GET|POST|HEAD|PUT|DELETE|OPTIONS) \S+ HTTP/[\d.]+" \d{3}$')
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def streamlit_server(log_path: Path, env: dict[str, str] | None = None, timeout: float = 45.0) -> Iterator[Server]:
+    """`streamlit run app.py` on a free port; yields once /_stcore/health answers (RuntimeError after timeout s)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+           "--server.port", str(port), "--server.address", "127.0.0.1",
+           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]  # fmt: skip
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        # own process group: teardown ends the server and anything it started, and nothing else
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    server = Server(proc, f"http://127.0.0.1:{port}", log_path)
+    try:
+        deadline = time.monotonic() + timeout
+        while not _healthy(server.url):
+            if proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited with code {proc.returncode}:\n{server.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"streamlit did not answer /_stcore/health in {timeout:g} s:\n{server.log_tail()}")
+            time.sleep(0.2)  # polling a subprocess's port: nothing to wait on instead
+        yield server
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, 15)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 9)
+        proc.wait(5)
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """Threads, VmRSS and VmHWM (peak RSS) in KiB of a live process, from /proc (no psutil needed)."""
+    out = {}
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("Threads", "VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0])
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by these processes (those that are gone count 0)."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below pid (e.g. playwright's driver and the chromium processes it started)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+# ---- the browser --------------------------------------------------------------------------------
+@contextlib.contextmanager
+def chromium(extra_args: list[str] = ()) -> Iterator:
+    """A headless Debian Chromium driven by Playwright; closed on exit."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS + list(extra_args)
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def open_app(page, url: str, timeout_ms: float = 30_000) -> None:
+    """Load the dashboard and wait until the script has drawn the Train button and gone idle."""
+    page.goto(url, wait_until="domcontentloaded", timeout=timeout_ms)
+    page.locator(TRAIN).wait_for(state="visible", timeout=timeout_ms)
+    wait_idle(page, timeout_ms)
+
+
+def wait_idle(page, timeout_ms: float = 30_000) -> None:
+    """Until the app script has finished its run (streamlit marks stApp with the script's state)."""
+    page.locator(IDLE).wait_for(state="attached", timeout=timeout_ms)
+
+
+def set_speed(page, label: str, timeout_ms: float = 10_000) -> None:
+    """Move the 'Epochs per second' select slider to `label` ('1' ... '50', 'max') with the keyboard."""
+    thumb = page.locator(f'{SPEED} input[type="range"]').first  # visually hidden, keyboard-driven (react-aria)
+    thumb.wait_for(state="attached", timeout=timeout_ms)
+    if thumb.get_attribute("aria-valuetext") == label:
+        return
+    thumb.focus()
+    thumb.press("End" if label == "max" else "Home")
+    if label != "max":  # step right from the first option
+        for _ in range(50):
+            if thumb.get_attribute("aria-valuetext") == label:
+                break
+            thumb.press("ArrowRight")
+    page.wait_for_function(
+        "([sel, want]) => document.querySelector(sel)?.getAttribute('aria-valuetext') === want",
+        arg=[f'{SPEED} input[type="range"]', label],
+        timeout=timeout_ms,
+    )
+    wait_idle(page, timeout_ms)
+
+
+def progress_text(page) -> str:
+    loc = page.locator(PROGRESS)
+    return loc.inner_text() if loc.count() else ""
+
+
+# in-page predicates (also used with playwright's async API by benchmarks/load.py). textContent, not
+# innerText: reading it forces no layout, so polling every few ms does not slow the page it measures.
+JS_EPOCH = """([sel, want]) => {
+    const el = document.querySelector(sel);
+    const m = el && el.textContent.match(/epoch (\\d+)\\/(\\d+)/);
+    if (!m) return false;
+    return (want === null ? +m[1] === +m[2] : +m[1] >= want) ? m[0] : false;
+}"""
+JS_DONE = """([prog, stat]) => {
+    const p = document.querySelector(prog), s = document.querySelector(stat);
+    const m = p && p.textContent.match(/epoch \\d+\\/\\d+ · (done|stopped|failed)/);
+    return m && s ? m[0] : false;
+}"""
+
+
+def wait_epoch(page, epoch: int | None, timeout_ms: float, poll_ms: float = 10) -> str:
+    """Wait until the progress shows 'epoch k/N' with k >= epoch (k == N when epoch is None); returns it.
+
+    Polls in the page every poll_ms, so the moment seen is when the DOM first shows the text (give or
+    take poll_ms), not when Python next looks.
+    """
+    handle = page.wait_for_function(JS_EPOCH, arg=[PROGRESS, epoch], polling=poll_ms, timeout=timeout_ms)
+    return handle.json_value()
+
+
+def wait_done(page, timeout_ms: float, poll_ms: float = 10) -> str:
+    """Wait until the job is finished (done, stopped or failed) and the status lines are drawn; returns
+    the progress text, e.g. 'epoch 100/100 · done'."""
+    handle = page.wait_for_function(JS_DONE, arg=[PROGRESS, STATUS], polling=poll_ms, timeout=timeout_ms)
+    return handle.json_value()
+
+
+def status_by_run(page) -> dict[str, str]:
+    """{'none': 'diverged at epoch 1, step 8', 'value:5': 'train loss ...', ...} from the status lines."""
+    out = {}
+    for line in page.locator(STATUS).inner_text().splitlines():
+        # labels contain ':' themselves ('value:5'): split at ': ' instead
+        label, sep, text = line.partition(": ")
+        if sep:
+            out[label.strip()] = text.strip()
+    return out
+
+
+# ---- the README's screenshot --------------------------------------------------------------------
+def screenshot_mid_comparison(path: Path, epoch: int = 30, speed: str = "5", viewport=(1440, 900)) -> str:
+    """Start the tutorial comparison at `speed` epochs/s and save the page once `epoch` is on screen."""
+    log = Path(tempfile.mkdtemp(prefix="clipviz-screenshot-")) / "streamlit.log"
+    with streamlit_server(log) as server, chromium() as browser:
+        page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+        open_app(page, server.url, timeout_ms=60_000)
+        set_speed(page, speed)
+        page.locator(TRAIN).click()
+        page.mouse.move(viewport[0] - 5, viewport[1] // 2)  # off the Train button: no tooltip in the picture
+        shown = wait_epoch(page, epoch, timeout_ms=60_000)
+        page.wait_for_timeout(600)  # a picture, not a test: let plotly finish drawing the last redraw
+        page.evaluate("() => document.querySelectorAll('*').forEach(e => { if (e.scrollTop) e.scrollTop = 0; })")
+        page.screenshot(path=str(path))
+        return shown
+
+
+if __name__ == "__main__":  # python tests/browser_util.py assets/dashboard.png
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "assets" / "dashboard.png").resolve()
+    print(f"{out}: {screenshot_mid_comparison(out)}")
