@@ -132,7 +132,14 @@ def _threads_configured() -> int:
 
 
 def poll_interval() -> float:
-    """Seconds between live redraws: 0.5 s, stretched while several jobs share the server's cores."""
+    """Seconds between live redraws: 0.5 s, stretched while several jobs share the server's cores.
+
+    Each redraw rebuilds and re-sends the charts, which costs the server (and the browser) CPU that the
+    training threads need; a queued job has nothing new to show, so it only checks its place every 2 s.
+    """
+    snap = current_snapshot()
+    if snap is not None and snap.state == "queued":
+        return 2.0
     return 0.5 * max(1, get_manager().stats().running)
 
 
