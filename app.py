@@ -198,6 +198,12 @@ def live_view() -> None:
         gradient_chart(results, view or VIEWS[0], post)
     if snap is not None and snap.finished and any(j.id == snap.job_id for j in st.session_state.jobs):
         st.rerun(scope="app")  # the job ended: store its runs and switch polling off
+    was_queued, st.session_state.was_queued = (
+        st.session_state.get("was_queued"),
+        snap is not None and snap.state == "queued",
+    )
+    if was_queued and not st.session_state.was_queued:
+        st.rerun(scope="app")  # the job left the queue: poll at the training pace (state.poll_interval)
 
 
 # ---- page -----------------------------------------------------------------------------------------
