@@ -17,6 +17,7 @@ import gc
 import resource
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -43,16 +44,26 @@ def best_of(fn, repeat: int) -> tuple[float, object]:
 def live_tensor_bytes() -> int:
     """Bytes of distinct storages behind every torch tensor Python can reach right now."""
     seen, total = set(), 0
-    for obj in gc.get_objects():
+    with warnings.catch_warnings():  # isinstance() on some torch module objects warns about deprecations
+        warnings.simplefilter("ignore")
+        objs = gc.get_objects()
+        tensors = [o for o in objs if _is_tensor(o)]
+    for obj in tensors:
         try:
-            if isinstance(obj, torch.Tensor):
-                st = obj.untyped_storage()
-                if st.data_ptr() not in seen:
-                    seen.add(st.data_ptr())
-                    total += st.nbytes()
-        except Exception:  # some objects refuse isinstance/storage (e.g. meta tensors): skip them
+            st = obj.untyped_storage()
+        except Exception:  # some tensors have no storage to read (e.g. meta tensors): skip them
             continue
+        if st.data_ptr() not in seen:
+            seen.add(st.data_ptr())
+            total += st.nbytes()
     return total
+
+
+def _is_tensor(obj) -> bool:
+    try:
+        return isinstance(obj, torch.Tensor)
+    except Exception:  # some objects refuse isinstance
+        return False
 
 
 def main() -> None:
