@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .config import STRATEGIES, Caps, ConfigError, RunSpec, param_count, validate_run
+from .jobs import FINISHED, BackgroundJob
 
 SWEEP_STRATEGIES = tuple(s for s in STRATEGIES if s != "none")  # 'none' always runs as the baseline
 AXES = ("lr", "batch_size")  # the optional second axis
@@ -427,58 +428,69 @@ def run_sweep(
     return result
 
 
-class SweepJob:
-    """A sweep in a background thread, for the dashboard: start, stop, and a lock-guarded snapshot."""
+@dataclass(frozen=True)
+class SweepSnapshot:
+    """What the sweep tab sees of a SweepJob at one moment; `result` is a copy (the finished chunks so far)."""
 
-    def __init__(self, sweep: SweepSpec, *, chunk_size: int = DEFAULT_CHUNK, device: str = "auto"):
+    job_id: int
+    state: str  # one of clipviz.jobs.STATES
+    queue_position: int | None  # 1 = starts next; None unless queued in a JobManager
+    error: str | None  # "Type: message" when failed; the chunks finished before stay in result
+    result: SweepResult
+    progress: SweepProgress | None  # None before the worker's first report
+    version: int  # grows on every change
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+
+class SweepJob(BackgroundJob):
+    """A sweep in a background thread for the dashboard: queued and capped by a JobManager like a comparison Job."""
+
+    kind, what = "sweep", "a sweep"
+
+    def __init__(
+        self,
+        sweep: SweepSpec,
+        *,
+        chunk_size: int = DEFAULT_CHUNK,
+        device: str = "auto",
+        executor: Executor | None = None,  # default LocalExecutor(device)
+        on_done: Callable[[SweepSnapshot], None] | None = None,
+    ):
+        super().__init__(on_done)
         self.sweep, self.chunk_size = sweep, chunk_size
-        self.executor = LocalExecutor(device)
-        self._lock = threading.Lock()
+        self.executor = executor or LocalExecutor(device)
         self._result = SweepResult(sweep)
         self._progress: SweepProgress | None = None
-        self.error: str | None = None
-        self.done = False
-        self._thread = threading.Thread(target=self._work, name="clipviz-sweep", daemon=True)
 
-    def start(self) -> SweepJob:
-        self._thread.start()
-        return self
+    def snapshot(self) -> SweepSnapshot:
+        return super().snapshot()
 
     def stop(self) -> None:
+        """Stop soon: the chunk in progress is dropped, finished chunks stay in the result."""
         self.executor.cancel()
+        super().stop()
 
-    def join(self, timeout: float | None = None) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+    def _snapshot_locked(self) -> SweepSnapshot:
+        r = self._result
+        queued = self._queue_position if self._state == "queued" else None
+        copy = SweepResult(r.sweep, list(r.runs), r.complete, r.elapsed)
+        return SweepSnapshot(self.id, self._state, queued, self._error, copy, self._progress, self._version)
 
-    def snapshot(self) -> tuple[SweepResult, SweepProgress | None]:
-        with self._lock:
-            r = self._result
-            return SweepResult(r.sweep, list(r.runs), r.complete, r.elapsed), self._progress
-
-    def _work(self) -> None:
-        import torch
-
-        torch.set_num_threads(1)
-
+    def _train(self) -> str:
         def on_progress(p: SweepProgress) -> None:
-            with self._lock:
-                self._progress = p
+            with self._cond:
+                self._set_locked(progress=p)
 
-        def on_chunk(r: SweepResult) -> None:
-            with self._lock:
-                self._result = SweepResult(r.sweep, list(r.runs), r.complete, r.elapsed)
+        def on_chunk(r: SweepResult) -> None:  # kept as it lands: a later crash or stop keeps it
+            with self._cond:
+                self._set_locked(result=SweepResult(r.sweep, list(r.runs), r.complete, r.elapsed))
 
-        try:
-            res = run_sweep(
-                self.sweep,
-                executor=self.executor,
-                chunk_size=self.chunk_size,
-                on_progress=on_progress,
-                on_chunk=on_chunk,
-            )
-            with self._lock:
-                self._result = res
-        except Exception as exc:  # shown in the UI; never kills the server
-            self.error = f"{type(exc).__name__}: {exc}"
-        self.done = True
+        res = run_sweep(
+            self.sweep, executor=self.executor, chunk_size=self.chunk_size, on_progress=on_progress, on_chunk=on_chunk
+        )
+        with self._cond:
+            self._set_locked(result=res)
+        return "done" if res.complete else "stopped"

@@ -1,4 +1,5 @@
-"""Background jobs: streaming, stop/pause/step/pace, crashes, the FIFO queue, sessions, no leaked threads.
+"""Background jobs: streaming, stop/pause/step/pace, crashes, the FIFO queue, sessions, sweeps in the same
+queue, the reaper of closed tabs, no leaked threads.
 
 Every wait is on a Condition or Event with a bounded deadline (Job.wait_until, Event.wait, join);
 nothing sleeps in place of synchronisation.
@@ -19,6 +20,7 @@ from clipviz.config import TUTORIAL, TUTORIAL_CLIPS, ClipSpec, ConfigError, with
 from clipviz.engine import Engine
 from clipviz.jobs import Job, JobBusy, JobManager, get_manager, session_alive
 from clipviz.records import EpochRecord
+from clipviz.sweep import LocalExecutor, LogRange, RunSummary, SweepJob, make_sweep, plan_chunks
 
 T = 10.0  # deadline for anything that should happen "soon"; only reached when a test fails
 
@@ -37,7 +39,7 @@ def _lengths(snap):
 def no_leaked_threads():
     yield
     for t in threading.enumerate():
-        if t.name.startswith("clipviz-job-"):
+        if t.name.startswith("clipviz-"):  # job workers (clipviz-compare-N, clipviz-sweep-N) and clipviz-reaper
             t.join(T)
             assert not t.is_alive(), f"{t.name} outlived its test"
 
@@ -46,8 +48,8 @@ def no_leaked_threads():
 def manager():
     made = []
 
-    def make(max_running):
-        made.append(JobManager(max_running))
+    def make(max_running, **kw):
+        made.append(JobManager(max_running, **kw))
         return made[-1]
 
     yield make
@@ -288,3 +290,176 @@ def test_bad_thread_setting_fails_the_job(monkeypatch):
     monkeypatch.setenv("CLIPVIZ_TORCH_THREADS", "two")
     s = Job(_runs(2), device="cpu").start().wait_until(lambda s: s.finished, T)
     assert s.state == "failed" and "CLIPVIZ_TORCH_THREADS" in s.error
+
+
+# ---- the reaper ---------------------------------------------------------------------------------
+def test_reaper_stops_jobs_of_a_closed_tab_without_another_submit(manager):
+    alive = {"tab", "other"}
+    mgr = manager(3, reap_interval=0.05, is_session_alive=lambda sid: sid in alive)
+    paused = mgr.submit(Job(_runs(5), device="cpu", paused=True), "tab")
+    sweep = mgr.submit(SweepJob(_sweep(), executor=_GatedExecutor()), "tab")
+    other = mgr.submit(Job(_runs(5), device="cpu", speed=0.05), "other")  # paced: 20 s per epoch
+    reaper = mgr.reaper
+    assert reaper is not None and reaper.name == "clipviz-reaper" and reaper.is_alive()
+    paused.wait_until(lambda s: s.state == "paused", T)
+    alive.discard("tab")  # the tab closed: no rerun, no submit from now on
+    assert paused.wait_until(lambda s: s.finished, T).state == "stopped"
+    assert sweep.wait_until(lambda s: s.finished, T).state == "stopped"
+    assert mgr.job_for("tab") is None and mgr.job_for("tab", "sweep") is None
+    assert other.snapshot().state == "running" and mgr.reaper is reaper  # alive sessions keep theirs
+    alive.clear()  # the last tab closes too: its paced job stops, and with no job left the reaper ends
+    assert other.wait_until(lambda s: s.finished, T).state == "stopped"
+    reaper.join(T)
+    assert not reaper.is_alive() and mgr.reaper is None and tuple(mgr.stats()) == (0, 0, 3)
+
+
+def test_reaper_ends_with_the_last_job_and_comes_back_on_demand(manager):
+    mgr = manager(1, reap_interval=3600)  # an hour: only a wake-up, never the interval, can end it in time
+    first = mgr.submit(Job(_runs(2), device="cpu", paused=True), "s")  # held until we hold the reaper
+    reaper = mgr.reaper
+    assert reaper is not None and reaper.is_alive()
+    first.resume()
+    assert first.wait_until(lambda s: s.finished, T).state == "done"
+    reaper.join(T)
+    assert not reaper.is_alive() and mgr.reaper is None
+    second = mgr.submit(Job(_runs(5), device="cpu", paused=True), "s")
+    assert mgr.reaper is not None and mgr.reaper is not reaper and mgr.reaper.is_alive()
+    second.wait_until(lambda s: s.state == "paused", T)
+    again = mgr.reaper
+    assert mgr.shutdown(T)  # wakes the reaper at once (the fixture's leak check joins it too)
+    assert not again.is_alive() and second.snapshot().state == "stopped"
+    with pytest.raises(RuntimeError, match="shut down"):
+        mgr.submit(Job(_runs(2), device="cpu"), "s")
+
+
+def test_reaper_can_be_switched_off():
+    mgr = JobManager(1, reap_interval=None)
+    job = mgr.submit(Job(_runs(5), device="cpu", paused=True), "s")
+    assert mgr.reaper is None
+    job.wait_until(lambda s: s.state == "paused", T)
+    assert mgr.shutdown(T)
+    with pytest.raises(ValueError, match="reap_interval"):
+        JobManager(1, reap_interval=0)
+
+
+# ---- sweeps share the queue ---------------------------------------------------------------------
+def _sweep(epochs: int = 1):
+    """3 tiny runs in 2 chunks (the 'none' baseline, then norm at 1 and 10)."""
+    return make_sweep(replace(TUTORIAL, optim=replace(TUTORIAL.optim, epochs=epochs)), ["norm"], LogRange(1, 10, 2), 1)
+
+
+class _GatedExecutor:
+    """Stands in for LocalExecutor: each chunk waits for a permit (allow), then yields dummy summaries."""
+
+    def __init__(self):
+        self.permits, self.started, self._cancelled = threading.Semaphore(0), threading.Event(), False
+
+    def allow(self, chunks: int = 1) -> None:
+        self.permits.release(chunks)
+
+    def map(self, chunks, on_epoch=None):
+        self.started.set()
+        for i, runs in enumerate(chunks):
+            if not self.permits.acquire(timeout=T) or self._cancelled:
+                return
+            yield i, [RunSummary(r, epochs=r.optim.epochs) for r in runs]
+
+    def cancel(self):
+        self._cancelled = True
+        self.permits.release(1000)
+
+
+def test_a_sweep_queued_behind_a_running_job_starts_after_it(gated, manager):
+    mgr = manager(1)
+    job = mgr.submit(gated("a"), "s1")
+    sweep = mgr.submit(SweepJob(_sweep(2), device="cpu"), "s2")  # a real sweep: 3 runs, 2 epochs
+    s = sweep.snapshot()
+    assert (s.state, s.queue_position, s.result.runs, s.progress) == ("queued", 1, [], None)
+    assert tuple(mgr.stats()) == (1, 1, 1) and mgr.active() == [job, sweep]
+    _Gated.wait_started(1)
+    _Gated.gates["a"].set()
+    assert job.wait_until(lambda s: s.finished, T).state == "done"
+    s = sweep.wait_until(lambda s: s.finished, T)
+    assert s.state == "done" and s.error is None and s.queue_position is None
+    assert s.result.complete and len(s.result.runs) == 3 and all(r.epochs == 2 or r.diverged for r in s.result.runs)
+    assert sweep.join(T) and tuple(mgr.stats()) == (0, 0, 1)
+
+
+def test_the_cap_counts_sweeps(gated, manager):
+    mgr = manager(2)
+    ex1, ex2 = _GatedExecutor(), _GatedExecutor()
+    one = mgr.submit(SweepJob(_sweep(), executor=ex1), "s1")
+    two = mgr.submit(SweepJob(_sweep(), executor=ex2), "s2")
+    job = mgr.submit(gated("c"), "s3")
+    assert [j.snapshot().state for j in (one, two, job)] == ["running", "running", "queued"]
+    assert job.snapshot().queue_position == 1 and tuple(mgr.stats()) == (2, 1, 2)
+    assert ex1.started.wait(T) and ex2.started.wait(T)
+    ex1.allow(2)  # the first sweep's two chunks: it ends, and its slot goes to the job
+    assert one.wait_until(lambda s: s.finished, T).state == "done"
+    job.wait_until(lambda s: s.state == "running", T)
+    _Gated.gates["c"].set()
+    ex2.allow(2)
+    assert job.wait_until(lambda s: s.finished, T).state == "done"
+    assert two.wait_until(lambda s: s.finished, T).state == "done"
+
+
+def test_a_session_has_one_sweep_next_to_its_job_and_replacing_keeps_finished_chunks(manager):
+    mgr = manager(3)
+    job = mgr.submit(Job(_runs(5), device="cpu", paused=True), "s")
+    ex = _GatedExecutor()
+    old = mgr.submit(SweepJob(_sweep(), executor=ex), "s")  # a comparison job does not block a sweep
+    assert mgr.job_for("s") is job and mgr.job_for("s", "sweep") is old
+    job.wait_until(lambda s: s.state == "paused", T)
+    ex.allow(1)
+    n0 = len(plan_chunks(_sweep())[0])
+    old.wait_until(lambda s: len(s.result.runs) == n0, T)
+    with pytest.raises(JobBusy, match="a sweep is already running"):
+        mgr.submit(SweepJob(_sweep(), executor=_GatedExecutor()), "s")
+    new_ex = _GatedExecutor()
+    new = mgr.submit(SweepJob(_sweep(), executor=new_ex), "s", replace=True)
+    assert old.join(T)
+    s = old.snapshot()
+    assert s.state == "stopped" and len(s.result.runs) == n0 and not s.result.complete  # for the UI to keep
+    assert mgr.job_for("s", "sweep") is new and mgr.job_for("s") is job
+    assert job.snapshot().state == "paused"  # replacing the sweep left the comparison alone
+    new_ex.allow(2)
+    assert new.wait_until(lambda s: s.finished, T).state == "done"
+
+
+def test_cancel_session_stops_its_sweep_too(manager):
+    mgr = manager(1)
+    blocker = mgr.submit(Job(_runs(5), device="cpu", paused=True), "other")
+    ex = _GatedExecutor()
+    running = mgr.submit(SweepJob(_sweep(), executor=ex), "s")
+    queued = mgr.submit(SweepJob(_sweep(), executor=_GatedExecutor()), "s2")
+    assert mgr.cancel_session("s2") == [queued]
+    assert queued.snapshot().state == "stopped" and queued.thread is None  # removed from the queue at once
+    blocker.wait_until(lambda s: s.state == "paused", T)
+    assert mgr.cancel_session("other") == [blocker]
+    running.wait_until(lambda s: s.state == "running", T)
+    assert ex.started.wait(T)
+    assert mgr.cancel_session("s") == [running]
+    assert running.join(T) and running.snapshot().state == "stopped" and not running.snapshot().result.complete
+    assert tuple(mgr.stats()) == (0, 0, 1) and mgr.job_for("s", "sweep") is None
+
+
+def test_a_crashed_sweep_fails_keeps_its_finished_chunks_and_frees_the_slot(caplog, manager):
+    class Exploding(LocalExecutor):
+        def map(self, chunks, on_epoch=None):
+            for item in super().map(chunks, on_epoch):
+                yield item
+                raise RuntimeError("out of memory (pretend)")  # after the first chunk
+
+    mgr = manager(1)
+    done = threading.Event()
+    bad = mgr.submit(SweepJob(_sweep(2), executor=Exploding("cpu"), on_done=lambda snap: done.set()), "s1")
+    good = mgr.submit(Job(_runs(2), device="cpu"), "s2")  # waits for the sweep's slot
+    with caplog.at_level(logging.ERROR, logger="clipviz.jobs"):
+        s = bad.wait_until(lambda s: s.finished, T)
+        assert done.wait(T)
+        assert good.wait_until(lambda s: s.finished, T).state == "done"
+    assert s.state == "failed" and s.error == "RuntimeError: out of memory (pretend)"
+    first = plan_chunks(_sweep(2))[0]
+    assert [s.result.point_of(r) for r in s.result.runs] == first and not s.result.complete
+    assert any(r.exc_info for r in caplog.records)
+    assert tuple(mgr.stats()) == (0, 0, 1) and mgr.job_for("s1", "sweep") is None

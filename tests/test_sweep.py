@@ -11,8 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from clipviz import jobs
+from clipviz import sweep as sweep_mod
 from clipviz.__main__ import main
 from clipviz.config import TUTORIAL, ConfigError
+from clipviz.jobs import Job, JobManager
 from clipviz.reference import train_reference
 from clipviz.sweep import (
     LocalExecutor,
@@ -237,3 +240,74 @@ def test_sweep_view_runs_in_apptest(tmp_path):
     at.button(key="sw_open").click().run()
     assert not at.exception
     assert any("Loaded" in s.value for s in at.success)
+
+
+def _sweep_app(tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    script = tmp_path / "sweep_app.py"
+    script.write_text(_SCRIPT)
+    at = AppTest.from_file(str(script), default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+@pytest.fixture
+def one_slot(monkeypatch):
+    """The app's get_manager() answers a fresh one-slot JobManager for this test."""
+    mgr = JobManager(1)
+    monkeypatch.setattr(jobs, "_manager", mgr)
+    yield mgr
+    assert mgr.shutdown(10.0)
+
+
+def _finish(at, timeout: float = 60):
+    """Wait (on the job's condition, bounded) for the session's sweep to end, then redraw the page."""
+    snap = at.session_state["sweep_job"].wait_until(lambda s: s.finished, timeout)
+    at.run()
+    assert not at.exception, at.exception
+    return snap
+
+
+def test_sweep_view_queues_behind_other_jobs_and_shows_its_position(tmp_path, one_slot):
+    blocker = one_slot.submit(Job([replace(TUTORIAL, label="other tab")], device="cpu", paused=True), "other-tab")
+    at = _sweep_app(tmp_path)
+    at.button(key="sw_run").click().run()
+    assert not at.exception, at.exception
+    job = at.session_state["sweep_job"]
+    assert job.snapshot().state == "queued" and one_slot.active() == [blocker, job]
+    assert [p.text for p in at.get("progress")] == ["queued, position 1: other jobs are training"]
+    assert at.button(key="sw_run").disabled and not at.button(key="sw_stop").disabled  # a queued sweep can stop
+    blocker.stop()  # the other tab's job ends: the sweep gets the slot
+    snap = _finish(at)
+    assert snap.state == "done" and "finished: 18 of 18 runs" in at.success[0].value
+    assert tuple(one_slot.stats()) == (0, 0, 1)
+    at.button(key="sw_run").click().run()  # a new sweep: the finished one stays downloadable, not lost
+    assert not at.exception, at.exception
+    assert len(at.session_state["sweep_previous"].runs) == 18
+    assert [e.label for e in at.expander if e.label.startswith("Previous")] == [
+        "Previous sweep: 18 runs (replaced by the one above)"
+    ]
+    assert _finish(at).state == "done"
+
+
+def test_a_crashed_sweep_shows_its_error_keeps_finished_chunks_and_frees_the_slot(tmp_path, one_slot, monkeypatch):
+    class Exploding(sweep_mod.LocalExecutor):
+        def map(self, chunks, on_epoch=None):
+            for i, res in super().map(chunks, on_epoch):
+                yield i, res
+                if i == 1:
+                    raise RuntimeError("out of memory (pretend)")  # after the second of three chunks
+
+    monkeypatch.setattr(sweep_mod, "LocalExecutor", Exploding)
+    at = _sweep_app(tmp_path)
+    at.button(key="sw_run").click().run()
+    snap = _finish(at)
+    assert snap.state == "failed" and len(snap.result.runs) == 2 + 8  # the baseline and one strategy
+    errors = [e.value for e in at.error]
+    assert errors == [
+        "The sweep failed: RuntimeError: out of memory (pretend). The 10 runs of its finished chunks are shown below."
+    ]
+    assert len(at.get("plotly_chart")) >= 2 and not at.button(key="sw_run").disabled
+    assert tuple(one_slot.stats()) == (0, 0, 1)  # the slot is free for the next job

@@ -1,7 +1,9 @@
-"""The sweep tab: widgets -> SweepSpec -> a background SweepJob -> a polling fragment draws the answer.
+"""The sweep tab: widgets -> SweepSpec -> a SweepJob in the server's JobManager -> a polling fragment draws it.
 
-The worker thread (clipviz.sweep.SweepJob) trains; this module only reads its snapshot. Results fill in
-chunk by chunk, so the charts appear while the sweep is still training.
+The sweep is submitted like a comparison job (same slots, same FIFO queue, 'queued, position n' while it
+waits; one sweep per session next to its comparison job), and its worker (clipviz.sweep.SweepJob)
+trains; this module only reads its snapshot. Results fill in chunk by chunk, so the charts appear while
+the sweep is still training; a failed or stopped sweep keeps the chunks it finished.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from clipviz.config import ConfigError, RunSpec
+from clipviz.jobs import JobBusy, get_manager
 from clipviz.sweep import (
     DEFAULT_RANGES,
     METRICS,
@@ -19,12 +22,14 @@ from clipviz.sweep import (
     LogRange,
     SweepJob,
     SweepResult,
+    SweepSnapshot,
     make_sweep,
     plan_chunks,
     point_spec,
 )
 from clipviz.sweep_report import dumps, heuristics, to_frame
 from clipviz.ui import sweep_charts
+from clipviz.ui.state import session_id
 
 UI_CHUNK = 128  # smaller chunks than the CLI's: partial results show sooner, for a little throughput
 _SAME_SCALE = ("value", "norm", "tensor-norm")  # thresholds on a gradient scale share the main range
@@ -74,11 +79,19 @@ def _read_form(base: RunSpec, thresholds: str, seeds: int, strategies: tuple[str
         return None
 
 
-def _start(sweep, chunk_size: int) -> None:
-    old = st.session_state.get("sweep_job")
-    if old is not None:
-        old.stop()
-    st.session_state.sweep_job = SweepJob(sweep, chunk_size=chunk_size, device="auto").start()
+def _start(sweep, chunk_size: int) -> bool:
+    """Queue the sweep in the server's JobManager; False (and a warning) if this session's sweep still trains."""
+    job = SweepJob(sweep, chunk_size=chunk_size, device="auto")
+    try:  # replace=False: a sweep in progress is never dropped behind the user's back
+        get_manager().submit(job, session_id())
+    except JobBusy as exc:
+        st.warning(f"{exc}.")
+        return False
+    old: SweepJob | None = st.session_state.get("sweep_job")
+    if old is not None and old.snapshot().result.runs:  # its runs stay downloadable (see _previous)
+        st.session_state.sweep_previous = old.snapshot().result
+    st.session_state.sweep_job = job
+    return True
 
 
 def _stop() -> None:
@@ -154,26 +167,44 @@ def _point_picker(result: SweepResult) -> None:
             st.success(f"Loaded {spec.name} into the comparison tab's controls.")
 
 
+def _previous() -> None:
+    """The sweep before the current one, kept for download: starting a new sweep never loses runs silently."""
+    prev: SweepResult | None = st.session_state.get("sweep_previous")
+    if prev is None:
+        return
+    with st.expander(f"Previous sweep: {len(prev.runs)} runs (replaced by the one above)"):
+        st.download_button("Download previous sweep JSON", dumps(prev), "sweep-previous.json", key="sw_prev_json")
+
+
+def _status(snap: SweepSnapshot) -> None:
+    result, prog = snap.result, snap.progress
+    n, total = len(result.runs), len(result.sweep.points())
+    if snap.state == "queued":
+        st.progress(0.0, text=f"queued, position {snap.queue_position}: other jobs are training")
+    elif not snap.finished:
+        frac, text = (0.0, "starting…") if prog is None else (min(prog.fraction, 1.0), f"training: {prog.line()}")
+        st.progress(frac, text=text)
+    elif snap.state == "failed":
+        kept = f"the {n} runs of its finished chunks are shown below" if n else "no chunk had finished"
+        st.error(f"The sweep failed: {snap.error}. {kept.capitalize()}.")
+    else:
+        word = "finished" if result.complete else "stopped"
+        st.success(f"Sweep {word}: {n} of {total} runs in {result.elapsed:.1f}s")
+
+
 def _body() -> None:
-    """Progress and charts from the job's snapshot; polled by a fragment while the job trains."""
+    """Progress and charts from the job's snapshot; polled by a fragment while the job is queued or trains."""
     job: SweepJob | None = st.session_state.get("sweep_job")
     if job is None:
         st.info("Choose strategies and a threshold range, then run the sweep.")
+        _previous()
         return
-    result, prog = job.snapshot()
-    done = job.done
-    if job.error:
-        st.error(f"The sweep failed: {job.error}")
-    if not done:
-        frac, text = (0.0, "starting…") if prog is None else (min(prog.fraction, 1.0), f"training: {prog.line()}")
-        st.progress(frac, text=text)
-    else:
-        n, total = len(result.runs), len(result.sweep.points())
-        word = "finished" if result.complete else "stopped"
-        st.success(f"Sweep {word}: {n} of {total} runs in {result.elapsed:.1f}s")
-    if result.runs:
-        _draw_results(result)
-    if done and st.session_state.get("sweep_polled") is not job:
+    snap = job.snapshot()
+    _status(snap)
+    if snap.result.runs:
+        _draw_results(snap.result)
+    _previous()
+    if snap.finished and st.session_state.get("sweep_polled") is not job:
         st.session_state.sweep_polled = job
         st.rerun()  # once, the whole page: buttons re-enable and the polling stops
 
@@ -193,16 +224,15 @@ def render_sweep(
     )
     sweep = _read_form(replace(base, label=""), thresholds, seeds, strategies)
     job: SweepJob | None = st.session_state.get("sweep_job")
-    running = job is not None and not job.done
+    running = job is not None and not job.snapshot().finished  # queued counts: it can be stopped
     c = st.columns([1.4, 1, 4])
     if sweep is not None:
         n = len(sweep.points())
         chunks = len(plan_chunks(sweep, chunk_size))
         c[2].caption(f"{n} runs × {sweep.base.optim.epochs} epochs, in {chunks} lockstep job(s)")
     if c[0].button("▶ Run sweep", key="sw_run", type="primary", disabled=sweep is None or running):
-        _start(sweep, chunk_size)
-        st.session_state.sweep_polling = True
-        running = True
+        if _start(sweep, chunk_size):
+            st.rerun()  # the whole page again: Run disables, Stop enables, the fragment polls
     c[1].button("■ Stop", key="sw_stop", on_click=_stop, disabled=not running)
     # poll only while a job trains (AppTest does not fire run_every: tests call at.run() to poll)
     st.fragment(_body, run_every=1.0 if running else None)()
