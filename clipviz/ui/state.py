@@ -202,8 +202,7 @@ def session_id() -> str:
 
 def start_job(runs: list[RunSpec], device: str, speed: float | None, dataset=None) -> Job:
     """Submit one batched job for the session, replacing (stopping) its current one; trained runs are kept."""
-    manager = get_manager()
-    manager.reap()
+    manager = get_manager()  # its reaper stops the jobs of closed tabs
     job = Job(runs, device=device, speed=speed, dataset=dataset)
     manager.submit(job, session_id(), replace=True)
     st.session_state.jobs.append(job)
