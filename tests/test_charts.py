@@ -3,6 +3,7 @@ strategy, figures serialise (no NaN crash), empty and partial inputs handled."""
 
 import json
 import math
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -189,8 +190,10 @@ def test_epoch_histogram_overlays_runs_and_explains_missing_ones(tutorial):
     steps = [t for t in fig.data if t.line.shape == "hv"]
     assert [t.name for t in steps] == ["value:5", "norm:1"]
     assert all(sum(t.y[:-1]) == 3 for t in steps)  # 3 steps each, on the shared log bins
-    missing = [t for t in fig.data if "no record for epoch 2" in t.name]
-    assert len(missing) == 1 and "diverged at epoch 1, step 8" in missing[0].name
+    missing = [t for t in fig.data if t.name not in ("value:5", "norm:1")]  # a short legend entry, detail on hover
+    assert [t.name for t in missing] == ["none (diverged ep 1)"]
+    (note,) = [a for a in fig.layout.annotations if "no record for epoch 2" in a.text]
+    assert "none: diverged at epoch 1, step 8" in note.hovertext
     assert fig.layout.xaxis.type == "log"
     first = charts.epoch_histogram(tutorial, 1)
     assert any(t.text and t.text[0] == "2 non-finite" for t in first.data)
@@ -284,9 +287,82 @@ def test_real_engine_output():
 
     spec = replace(TUTORIAL, optim=replace(TUTORIAL.optim, epochs=3))
     results = engine.train(with_clips(spec, TUTORIAL_CLIPS), device="cpu")
-    for fig in _all_figures(results).values():
-        _strict_json(fig)
+    with warnings.catch_warnings():  # e.g. numpy's 'divide by zero in log10': none may fire in normal use
+        warnings.simplefilter("error")
+        figs = _all_figures(results)
+        for fig in figs.values():
+            _strict_json(fig)
     text = _texts(charts.loss_curves(results))
     if results[0].diverged:  # the unclipped tutorial explodes in epoch 1
         assert "none diverged at epoch" in text
     assert len(charts.runs_table(results)) == 3
+
+
+def test_symlog_is_silent_on_zero_and_nonfinite():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = charts._symlog([0.0, -0.0, 1e-30, NAN, INF, -INF, -5.0])
+    assert got[:3] == pytest.approx([0.0, 0.0, 1e-30 / charts._V_MIN]) and math.isnan(got[3])
+    assert list(got[4:6]) == [INF, -INF] and got[6] == pytest.approx(-charts._symlog(5.0))
+
+
+# ---- fits half a 1280 px projector (~450 px wide) ----------------------------------------------------
+def test_titles_are_short_and_legends_sit_below_the_plot(tutorial):
+    for name, fig in _all_figures(tutorial).items():
+        assert len(fig.layout.title.text) <= 40, f"{name}: title cut off at ~450 px: {fig.layout.title.text!r}"
+        leg = fig.layout.legend
+        assert (leg.orientation, leg.yref, leg.y, leg.yanchor) == ("h", "container", 0, "bottom"), name
+
+
+def test_loss_legend_has_one_entry_per_run(tutorial):
+    fig = charts.loss_curves(tutorial)
+    assert [t.name for t in fig.data if t.showlegend is not False] == ["none", "value:5", "norm:1"]
+    assert charts.loss_curves(tutorial, which=("val",)).layout.title.text == "Loss: val"
+
+
+def test_epoch_legend_of_a_missing_run_is_short(tutorial):
+    fig = charts.epoch_histogram([*tutorial, _run("zclip", 2.5, (1.0,))], 2)
+    assert [t.name for t in fig.data if t.mode == "lines" and t.x == (None,)] == ["none (diverged ep 1)",
+                                                                                  "zclip:2.5 (no epoch 2)"]  # fmt: skip
+    assert all(len(t.name) <= 25 for t in fig.data if t.showlegend is not False)
+
+
+@pytest.mark.parametrize("epochs", [3, 40])
+def test_epoch_axis_starts_near_zero_and_keeps_the_last_epoch(epochs):
+    losses = tuple(100.0 / e for e in range(1, epochs + 1))
+    late = _run("none", None, losses[:-1] + (INF,), label="late")
+    late.records[-1].diverged = (epochs, 5)  # labelled to the left of its marker: autorange used to reach -10
+    results = [late, _run("norm", 1.0, losses)]
+    for name, fig in {
+        "loss": charts.loss_curves(results),
+        "layers": charts.layer_norms(results),
+        "clip": charts.clip_rate(results),
+        "seeds": charts.seed_band(results),
+    }.items():
+        lo, hi = fig.layout.xaxis.range
+        assert (lo == 0 if epochs > 5 else 0.5 <= lo < 1) and epochs < hi <= epochs * 1.1 + 0.5, name
+        assert fig.layout.xaxis.dtick >= epochs / 8, name
+
+
+def test_small_multiples_have_few_small_ticks_and_one_x_title(tutorial):
+    six = [_run("value", t, (900.0, 500.0, 300.0)) for t in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)]
+    for name, fig in {
+        "grid": charts.norm_distribution_grid(tutorial),
+        "layers": charts.layer_norms(six),
+        "values": charts.value_histogram(six),
+    }.items():
+        axes = [fig.layout[k] for k in fig.layout if k.startswith("xaxis")]
+        assert len(axes) in (3, 6), name
+        assert sum(bool(a.title.text) for a in axes) == 1, f"{name}: one x title per panel overlaps at half width"
+        assert all(a.tickfont.size < 16 for a in axes), name
+    assert len(charts.value_histogram(six).layout.xaxis.tickvals) <= 4
+    # a log y shared by panels must autorange (with the x range fixed, plotly.js froze it at [0.1, 1e4])
+    assert charts.layer_norms(tutorial).layout.yaxis.autorange is True
+    assert charts.value_histogram(tutorial).layout.yaxis.autorange is True
+
+
+def test_empty_panel_keeps_its_axes(tutorial):
+    fig = charts.value_histogram(tutorial, epoch=3)  # 'none' diverged in epoch 1: panel 1 has no bars
+    assert any(t.xaxis == "x" and t.yaxis == "y" for t in fig.data)  # else plotly drops the axes the note sits on
+    (note,) = [a for a in fig.layout.annotations if "no record for epoch 3" in a.text]
+    assert note.xref == "x domain"

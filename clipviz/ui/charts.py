@@ -36,6 +36,7 @@ STRATEGY_COLORS = {
 NONFINITE_COLOR = "#d55e00"
 _OTHER = "#444444"  # a label whose strategy we cannot tell
 _FONT = 16
+_SMALL = 12  # tick labels of small multiples, ~150 px wide panels at half a projector's width
 # log10 edges of the 50 finite norm rows: [below 1e-4, the 48 NORM_EDGES bins, above 1e8], a quarter decade each
 _NORM_LOG = np.linspace(np.log10(NORM_EDGES[0]) - 0.25, np.log10(NORM_EDGES[-1]) + 0.25, len(NORM_EDGES) + 2)
 _NF = len(NORM_EDGES) + 1  # index of the non-finite row
@@ -150,16 +151,21 @@ def _div_marker(res: RunResult, y: float, group: str, text: str = "", pos: str =
 
 
 # ---- layout -----------------------------------------------------------------------------------------
+# a horizontal legend at the bottom of the figure (below the x-axis title: plotly grows the margin to fit it),
+# so a chart at half a projector's width (~450 px) keeps its full width for the plot
+LEGEND_BOTTOM = dict(orientation="h", x=0, xanchor="left", y=0, yref="container", yanchor="bottom")
+
+
 def _style(fig: go.Figure, title: str, height: int, uirevision: str) -> go.Figure:
-    """Projector-readable: large fonts, legend outside the plot on the right, zoom kept across live updates."""
+    """Projector-readable: large fonts, short title, legend below the plot, zoom kept across live updates."""
     fig.update_layout(
         template="plotly_white",
         title=dict(text=title, font=dict(size=_FONT + 4)),
         height=height,
         font=dict(size=_FONT),
         hoverlabel=dict(font=dict(size=_FONT)),
-        legend=dict(font=dict(size=_FONT - 2), x=1.02, xanchor="left", y=1, yanchor="top"),
-        margin=dict(l=80, r=30, t=120 if fig.layout.annotations else 90, b=70),
+        legend=dict(font=dict(size=_FONT - 2), **LEGEND_BOTTOM),
+        margin=dict(l=80, r=30, t=120 if fig.layout.annotations else 90, b=10),
         uirevision=uirevision,
     )
     return fig
@@ -176,27 +182,41 @@ def empty_figure(message: str, height: int = 400) -> go.Figure:
 
 
 def _subplots(results: Sequence[RunResult], max_cols: int, **kw) -> tuple[go.Figure, int, int]:
-    """Small multiples, one panel per run, titles in the run's colour (with its divergence)."""
+    """Small multiples, one panel per run, titles in the run's colour (with its divergence), small tick labels."""
     cols = max(1, min(len(results), max_cols))
     rows = -(-len(results) // cols)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[r.label for r in results], **kw)
     for ann, res, c in zip(fig.layout.annotations, results, run_colors(results), strict=True):
         ann.text = res.label + (f"<br><sub>{_diverged_text(res)}</sub>" if res.diverged else "")
         ann.font = dict(color=c, size=_FONT)
+    fig.update_xaxes(tickfont=dict(size=_SMALL))
+    fig.update_yaxes(tickfont=dict(size=_SMALL))
     return fig, rows, cols
 
 
-def _note(fig: go.Figure, k: int, text: str, color: str = "#555555") -> None:
-    """A message in the middle of panel k (1-based), e.g. 'no epochs yet'."""
+def _x_title(fig: go.Figure, text: str, rows: int, cols: int) -> None:
+    """One x-axis title under the middle panel of the bottom row (one per panel would overlap at half width)."""
+    fig.update_xaxes(title=text, row=rows, col=(cols + 1) // 2)
+
+
+def _note(fig: go.Figure, k: int, text: str, color: str = "#555555", **at) -> None:
+    """A message in the middle of panel k (1-based, at its row and col), e.g. 'no epochs yet'."""
+    # a panel without traces has no drawn axes: the note would land elsewhere, and a shared y-axis would lose its ticks
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", showlegend=False, hoverinfo="skip"), **at)
     ref = "" if k == 1 else str(k)
     fig.add_annotation(text=text, x=0.5, y=0.5, xref=f"x{ref} domain", yref=f"y{ref} domain", showarrow=False,
-                       font=dict(color=color))  # fmt: skip
+                       font=dict(color=color, size=_SMALL))  # fmt: skip
 
 
-def _epoch_axis(results: Sequence[RunResult]) -> dict[str, Any]:
-    """Whole-number epoch ticks, about ten of them."""
+def _epoch_axis(results: Sequence[RunResult], max_ticks: int = 8, fixed: bool = True) -> dict[str, Any]:
+    """Whole-number epoch ticks, at most max_ticks; fixed: the range starts at 0 (or just before epoch 1)."""
     last = max((r.epoch for res in results for r in res.records), default=1)
-    return dict(title="epoch", dtick=next((d for d in (1, 2, 5, 10, 20, 50, 100, 200) if d >= last / 10), 500))
+    dtick = next((d for d in (1, 2, 5, 10, 20, 50, 100, 200, 500) if d >= last / max_ticks), 1000)
+    axis = dict(title="epoch", dtick=dtick, tick0=0)
+    if fixed:  # autorange would stretch to fit a 'diverged' label's text (the axis started at -10)
+        pad = max(0.25, 0.03 * last)  # room for a marker at either end
+        axis["range"] = [0 if last > 5 else 1 - pad, last + pad]
+    return axis
 
 
 def _no_records(results: Sequence[RunResult]) -> bool:
@@ -220,7 +240,9 @@ def loss_curves(
     for res, c, kind, xs, ys in series:
         hover = f"{res.label}<br>epoch %{{x}}<br>{kind} loss = %{{y:.6g}}"
         dash = {"train": "solid", "val": "dash"}.get(kind, "dot")
-        fig.add_trace(_line(xs, ys, f"{res.label} {kind}", c, hover, log_y, dash, legendgroup=res.label))
+        first = kind == which[0]  # one legend entry per run (the title says which line is which); a click hides both
+        name = res.label if first else f"{res.label} {kind}"
+        fig.add_trace(_line(xs, ys, name, c, hover, log_y, dash, legendgroup=res.label, showlegend=first))
         bad = _bad_points(xs, ys, log_y, top, bottom, res, f"{kind} loss", res.label)
         if bad:
             fig.add_trace(bad)
@@ -231,7 +253,8 @@ def loss_curves(
         fig.add_trace(_div_marker(res, y, res.label, f"{res.label} {_diverged_text(res)}", pos))
     fig.update_xaxes(**_epoch_axis(results))
     fig.update_yaxes(title="loss (log scale)" if log_y else "loss", type="log" if log_y else "linear")
-    return _style(fig, "Loss per epoch (train solid, validation dashed)", height, f"loss:{log_y}")
+    title = "Loss: train solid, val dashed" if set(which) == {"train", "val"} else f"Loss: {', '.join(which)}"
+    return _style(fig, title, height, f"loss:{log_y}")
 
 
 # ---- (b) gradient-norm distribution over epochs -------------------------------------------------------
@@ -270,10 +293,10 @@ def _norm_figure(results: Sequence[RunResult], post: bool, thresholds, height: i
     ys += [ys[-1] + 0.25, ys[-1] + 0.5]  # an empty row, then the non-finite row
     labels = [_row_label(i) for i in range(lo, hi + 1)] + ["", "non-finite ‖g‖"]
     zmax = max((g.max() for g in grids if g.size), default=1.0)
-    fig, _, _ = _subplots(results, len(results), shared_yaxes=True, shared_xaxes="all", horizontal_spacing=0.02)
+    fig, _, cols = _subplots(results, len(results), shared_yaxes=True, shared_xaxes="all", horizontal_spacing=0.02)
     for j, (res, g, thr) in enumerate(zip(results, grids, thresholds, strict=True), start=1):
         if not g.size:
-            _note(fig, j, "no epochs yet")
+            _note(fig, j, "no epochs yet", row=1, col=j)
             continue
         epochs = [r.epoch for r in res.records]
         z = np.vstack([g[lo : hi + 1], np.zeros((1, g.shape[1])), g[_NF:]])
@@ -296,8 +319,10 @@ def _norm_figure(results: Sequence[RunResult], post: bool, thresholds, height: i
     fig.update_yaxes(tickvals=ticks + [ys[-1]], ticktext=[f"1e{k}" if k else "1" for k in ticks] + ["non-finite"])
     fig.update_yaxes(range=[ys[0] - 0.125, ys[-1] + 0.125])
     fig.update_yaxes(title=f"{'post' if post else 'pre'}-clip ‖g‖ (log)", row=1, col=1)
-    fig.update_xaxes(**_epoch_axis(results))
-    fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=0, cmax=zmax, colorbar=dict(title="steps")))
+    fig.update_xaxes(_epoch_axis(results, max(3, 8 // cols), fixed=False) | {"title": None})  # cells set the range
+    _x_title(fig, "epoch", 1, cols)
+    colorbar = dict(title="steps", thickness=14, tickfont=dict(size=_SMALL))
+    fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=0, cmax=zmax, colorbar=colorbar))
     return _style(fig, title, height, f"norms:{post}")
 
 
@@ -306,14 +331,14 @@ def norm_distribution(
 ) -> go.Figure:
     """One run's gradient norm per step, as a heatmap of epoch x log10 ‖g‖ (TensorBoard's distributions)."""
     when = "post" if post else "pre"
-    return _norm_figure([result], post, [threshold], height, f"Gradient norm per step, {when}-clip: {result.label}")
+    return _norm_figure([result], post, [threshold], height, f"Gradient norms, {when}-clip: {result.label}")
 
 
 def norm_distribution_grid(results: Sequence[RunResult], post: bool = False, height: int = 480) -> go.Figure:
     """norm_distribution for every run, one column each, on the same axes."""
     if not results:
         return empty_figure("no runs yet", height)
-    title = f"Gradient norm per step, {'post' if post else 'pre'}-clip"
+    title = f"Gradient norms per step, {'post' if post else 'pre'}-clip"
     return _norm_figure(results, post, [None] * len(results), height, title)
 
 
@@ -329,9 +354,9 @@ def epoch_histogram(results: Sequence[RunResult], epoch: int, post: bool = False
     labels = [_row_label(i) for i in range(lo, hi + 1)]
     fig = go.Figure()
     for res, c, rec, cnt in zip(results, run_colors(results), found, rows, strict=True):
-        if rec is None:  # a legend entry that says why this run is missing
-            why = f" ({_diverged_text(res)})" if res.diverged else ""
-            fig.add_trace(_line([None], [math.nan], f"{res.label}: no record for epoch {epoch}{why}", c, ""))
+        if rec is None:  # a short legend entry that says why this run is missing; the note above has the detail
+            why = f"diverged ep {res.diverged[0]}" if res.diverged else f"no epoch {epoch}"
+            fig.add_trace(_line([None], [math.nan], f"{res.label} ({why})", c, "", mode="lines"))
             continue
         hover = f"{res.label}<br>%{{customdata}}: %{{y}} steps"
         y = [*cnt[lo : hi + 1], cnt[hi]]
@@ -341,13 +366,15 @@ def epoch_histogram(results: Sequence[RunResult], epoch: int, post: bool = False
             hover = f"{res.label}<br>epoch {epoch}: {n} non-finite ‖g‖ {_diverged_text(res)}"
             x_bad = 10 ** (_NORM_LOG[hi + 1] + 0.5)
             fig.add_trace(_marks([x_bad], [n], [hover], [f"{n} non-finite"], group=res.label, pos="middle left"))
-    missing = [res.label for res, rec in zip(results, found, strict=True) if rec is None]
+    missing = [res for res, rec in zip(results, found, strict=True) if rec is None]
     if missing:
-        fig.add_annotation(text=f"no record for epoch {epoch}: {', '.join(missing)}", x=0, y=1.02, xref="paper",
-                           yref="paper", xanchor="left", yanchor="bottom", showarrow=False)  # fmt: skip
+        why = "<br>".join(f"{r.label}: {_diverged_text(r) or 'not trained that far'}" for r in missing)
+        fig.add_annotation(text=f"no record for epoch {epoch}: {', '.join(r.label for r in missing)}", x=0, y=1.02,
+                           xref="paper", yref="paper", xanchor="left", yanchor="bottom", showarrow=False,
+                           hovertext=why)  # fmt: skip
     fig.update_xaxes(type="log", title=f"{'post' if post else 'pre'}-clip global ‖g‖ (log bins)", exponentformat="e")
     fig.update_yaxes(title="steps", rangemode="tozero")
-    return _style(fig, f"Gradient norms in epoch {epoch}, all runs", height, f"epoch_hist:{post}")
+    return _style(fig, f"Gradient norms in epoch {epoch}", height, f"epoch_hist:{post}")
 
 
 # ---- (d) per-layer norms ----------------------------------------------------------------------------
@@ -371,11 +398,11 @@ def layer_norms(results: Sequence[RunResult], height: int | None = None) -> go.F
             bad = _bad_points(xs, ys, True, top, bottom, res, f"‖g[{name}]‖", name)
             if bad:
                 fig.add_trace(bad, **at)
-    fig.update_yaxes(type="log", exponentformat="e")
+    fig.update_yaxes(type="log", exponentformat="e", autorange=True)  # else a fixed x range freezes y at [0.1, 1e4]
     fig.update_yaxes(title="mean ‖g‖ per tensor", col=1)
-    fig.update_xaxes(**_epoch_axis(results), row=n_rows)
-    title = "Per-layer gradient norms (input layers dark, output light; biases dotted)"
-    return _style(fig, title, height or max(420, 320 * n_rows), "layers")
+    fig.update_xaxes(_epoch_axis(results, max(3, 8 // n_cols)) | {"title": None})
+    _x_title(fig, "epoch", n_rows, n_cols)
+    return _style(fig, "Gradient norm per layer", height or max(420, 320 * n_rows), "layers")
 
 
 # ---- (e) clip rate ----------------------------------------------------------------------------------
@@ -399,7 +426,9 @@ def clip_rate(results: Sequence[RunResult], height: int | None = None) -> go.Fig
             if bad:
                 fig.add_trace(bad, row=row, col=1)
     fig.update_yaxes(range=[-0.04, 1.12], tickformat=".0%", title="fraction")
-    fig.update_xaxes(**_epoch_axis(results), row=len(panels))
+    fig.update_xaxes(**_epoch_axis(results))
+    if len(panels) > 1:  # shared x: the title once, under the bottom panel
+        fig.update_xaxes(title=None, row=1)
     return _style(fig, "How often the clip acts", height or 300 + 200 * len(panels), "clip_rate")
 
 
@@ -411,7 +440,10 @@ def _symlog(v: Any) -> np.ndarray:
     """Symmetric log position: linear for |v| < m (the smallest nonzero edge, at ±1), sign * (log10(|v|/m) + 1) out."""
     v = np.asarray(v, dtype=float)
     a = np.abs(v)
-    return np.where(a < _V_MIN, v / _V_MIN, np.sign(v) * (np.log10(np.maximum(a, _V_MIN) / _V_MIN) + 1))
+    out = np.array(v / _V_MIN)  # linear part (a copy, also for a scalar); NaN stays NaN
+    big = a >= _V_MIN  # log10 only where it is defined and > 0, so no divide-by-zero or invalid-value warnings
+    out[big] = np.sign(v[big]) * (np.log10(a[big] / _V_MIN) + 1)
+    return out
 
 
 _VU = _symlog(VALUE_EDGES)
@@ -419,7 +451,7 @@ _V_LEFT = np.concatenate([[_VU[0] - 0.5], _VU])  # bins in position units: below
 _V_RIGHT = np.concatenate([_VU, [_VU[-1] + 0.5]])
 _V_NAMES = [f"{a:.3g} to {b:.3g}" for a, b in zip(VALUE_EDGES[:-1], VALUE_EDGES[1:], strict=True)]
 _V_NAMES = [f"≤ {VALUE_EDGES[0]:.3g} (incl. -inf)", *_V_NAMES, f"≥ {VALUE_EDGES[-1]:.3g} (incl. +inf)"]
-_V_TICKS = sorted({0.0, *(s * t for s in (-1, 1) for t in (1.0, float(VALUE_EDGES[-1])) if _V_MIN < t)})
+_V_TICKS = [-1.0, 0.0, 1.0]  # few enough for ~150 px panels; the ±16k overflow bins are named in the hover
 
 
 def value_histogram(
@@ -428,7 +460,7 @@ def value_histogram(
     """Gradient element values on symmetric log bins, one epoch (or all): value clipping piles up at ±c."""
     if _no_records(results):
         return empty_figure("no epochs yet", height or 400)
-    fig, n_rows, n_cols = _subplots(results, 4, shared_yaxes="all", shared_xaxes="all", horizontal_spacing=0.03)
+    fig, n_rows, n_cols = _subplots(results, 3, shared_yaxes="all", shared_xaxes="all", horizontal_spacing=0.03)
     x_nan = float(_VU[-1]) + 2.5
     for k, (res, c) in enumerate(zip(results, run_colors(results), strict=True)):
         at = dict(row=k // n_cols + 1, col=k % n_cols + 1)
@@ -436,7 +468,7 @@ def value_histogram(
         hists = [h for r in recs if len(h := r.value_hist_post if post else r.value_hist_pre) == len(VALUE_EDGES) + 2]
         if not hists:
             why = "no value histogram recorded" if recs else f"no record for epoch {epoch}"
-            _note(fig, k + 1, why + (f"<br>({_diverged_text(res)})" if res.diverged else ""))
+            _note(fig, k + 1, why, **at)  # the panel's title says where it diverged
             continue
         cnt = np.sum(hists, axis=0)
         hover = f"{res.label}<br>value in %{{customdata}}: %{{y}} elements<extra></extra>"
@@ -454,17 +486,14 @@ def value_histogram(
                 x = float(sign * np.clip(_symlog(thr), 1, _VU[-1]))
                 fig.add_vline(x=x, line=dict(color="black", dash="dash", width=2), annotation_text=txt, **at)
     ticks = [float(_symlog(t)) for t in _V_TICKS] + [x_nan]
-    fig.update_xaxes(
-        tickvals=ticks,
-        ticktext=[f"{t / 1e3:.0f}k" if abs(t) >= 1e3 else f"{t:g}" for t in _V_TICKS] + ["NaN"],
-        tickangle=0,
-    )
+    fig.update_xaxes(tickvals=ticks, ticktext=[f"{t:g}" for t in _V_TICKS] + ["NaN"], tickangle=0)
     fig.update_xaxes(range=[_V_LEFT[0] - 0.2, x_nan + 0.6])
-    fig.update_xaxes(title="gradient element value (symmetric log)", row=n_rows)
-    fig.update_yaxes(type="log", exponentformat="e")
+    _x_title(fig, "element value (symlog)", n_rows, n_cols)
+    fig.update_yaxes(type="log", exponentformat="e", autorange=True)  # else a fixed x range freezes y at [0.1, 1e4]
+    fig.update_yaxes(dtick=1)  # one label per decade: no 2s and 5s in small panels
     fig.update_yaxes(title="elements", col=1)
     when = "all epochs" if epoch is None else f"epoch {epoch}"
-    title = f"Gradient element values, {'post' if post else 'pre'}-clip, {when}"
+    title = f"Element values, {'post' if post else 'pre'}-clip, {when}"
     return _style(fig, title, height or max(420, 320 * n_rows), f"values:{post}")
 
 
