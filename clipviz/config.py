@@ -91,7 +91,7 @@ class DataSpec:
 class ModelSpec:
     kind: str = "mlp"  # mlp, or rnn (Elman, tanh) for the sequence task
     width: int = 25  # hidden units per layer; tutorial: 25
-    depth: int = 1  # hidden layers (mlp) or stacked... rnn uses one recurrent layer; tutorial: 1
+    depth: int = 1  # hidden layers of the mlp (the rnn always has one recurrent layer); tutorial: 1
     activation: str = "relu"  # hidden activation of the mlp
     init: str = "he_uniform"  # hidden-layer init; the output layer uses glorot_uniform, Keras' default
     init_scale: float = 1.0  # multiplies the initial hidden weights (x10 makes deep nets explode)

@@ -82,11 +82,6 @@ def init_params(model: ModelSpec, n_in: int, seed: int) -> list[Tensor]:
     return params
 
 
-def stack_params(per_run: list[list[Tensor]], device: torch.device) -> list[Tensor]:
-    """K runs' parameter lists -> one list of [K, ...] leaf tensors on device."""
-    return [torch.stack(ts).to(device).requires_grad_(True) for ts in zip(*per_run)]
-
-
 def forward(model: ModelSpec, params: list[Tensor], x: Tensor) -> Tensor:
     """Predictions [K, B] for inputs x: [B, F] shared by all runs or [K, B, F] (rnn: [.., B, T, F])."""
     if model.kind == "rnn":
