@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -149,6 +152,7 @@ async def run(args) -> int:
             timeline.append((m, bu.proc_status(pid)))
         final = timeline[-1][1]
         log_tail = server.log_tail(30)
+        names = thread_names(server.pid)
 
     # ---- report -------------------------------------------------------------------------------------
     speed = args.speed or "app default (20)"
@@ -194,10 +198,26 @@ async def run(args) -> int:
     print(
         f"threads {args.after} s after close: {final['Threads']} vs baseline {base['Threads']}: {'back to baseline' if back else 'NOT back'}"
     )
+    if names is not None:  # which threads those are (Python 3.11 does not name OS threads; py-spy reads them)
+        counts = collections.Counter(names)
+        ours = sum(v for k, v in counts.items() if k.startswith("clipviz"))
+        print(f"  by name (py-spy): {', '.join(f'{k} x{v}' for k, v in counts.most_common())}; clipviz threads: {ours}")
     if not ok:
         print(f"\ntail of the server log ({log}):\n{log_tail}")
     print("\nresult:", "PASS" if ok else "FAIL")
     return 0 if ok else 1
+
+
+def thread_names(pid: int) -> list[str] | None:
+    """The server's Python thread names via `py-spy dump` when py-spy is installed (optional), else None."""
+    if shutil.which("py-spy") is None:
+        return None
+    try:
+        out = subprocess.run(["py-spy", "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    # lines look like: Thread 6735 (idle): "AnyIO worker thread"
+    return [line.split('"')[1] for line in out.splitlines() if line.startswith("Thread ") and '"' in line]
 
 
 def main() -> int:
