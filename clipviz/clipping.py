@@ -57,7 +57,7 @@ class Layout:
     """Where each of a run's parameter tensors sits in a flat [K, P] buffer.
 
     Every rule works on the flat buffer: elementwise work is one op over all K runs and all
-    tensors, and per-tensor / per-unit norms are segment sums (index_add_). On these tiny models
+    tensors, and per-tensor / per-unit norms are reductions over views of each tensor. On these tiny models
     the per-op overhead dominates, so this is what makes a K-run step cost about one run's step.
     """
 
@@ -92,22 +92,14 @@ class Layout:
         """[K, P] -> [K, L] float64 L2 norm of each tensor, accumulated in float64 (no float32 overflow)."""
         return torch.stack([torch.linalg.vector_norm(p, dim=1, dtype=_F64) for p in x.split(self.sizes, 1)], 1)
 
-    def segment_sums(self, x: Tensor, units: bool = False) -> Tensor:
-        """[K, P] -> [K, L] per-tensor sums (or [K, U] per-unit sums) over views of x.
+    def unit_sums(self, x: Tensor) -> Tensor:
+        """[K, P] -> [K, U] per-unit sums (AGC) over views of x.
 
         Not index_add_ (measured ~6x slower here at K=48) and not x @ onehot (inf * 0 = NaN would leak
-        one tensor's overflow into every other tensor's norm).
+        one unit's overflow into every other unit's norm).
         """
         parts = x.split(self.sizes, 1)
-        if not units:
-            return torch.stack([p.sum(1) for p in parts], 1)
         return torch.cat([p.reshape(p.shape[0], r, -1).sum(2) for p, r in zip(parts, self.rows, strict=True)], 1)
-
-
-def global_norms(grads: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """(global [K], per-tensor [K, L]) float32 L2 norms, accumulated in float64 so they do not overflow."""
-    tn = torch.stack([torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1, dtype=_F64) for g in grads], 1)
-    return torch.linalg.vector_norm(tn, dim=1).float(), tn.float()
 
 
 # ---- the rules, each on the flat buffer: a factor per run / tensor / unit, or a clamp ------------
@@ -318,8 +310,8 @@ class Clipper:
             clipped, frac = clipped | hit.any(1), frac + (hit * lay.tensor_share).sum(1)
             scale = f.float().index_select(1, lay.seg)
         if self.lam is not None:
-            gu = lay.segment_sums(g.to(_F64).square(), units=True).sqrt()  # [K, U]
-            wu = lay.segment_sums(w.detach().to(_F64).square(), units=True).sqrt()
+            gu = lay.unit_sums(g.to(_F64).square()).sqrt()  # [K, U]
+            wu = lay.unit_sums(w.detach().to(_F64).square()).sqrt()
             f = agc_factor(gu, wu, self.lam, self.agc_eps)
             hit = f < 1.0
             clipped, frac = clipped | hit.any(1), frac + (hit * lay.unit_share).sum(1)
