@@ -18,6 +18,11 @@ from clipviz.records import EpochRecord, RunResult, loads
 from clipviz.ui import controls, export
 from clipviz.ui.state import RunStore
 
+
+def _reject_constant(name: str):
+    """json.loads accepts NaN/Infinity by default; strict JSON may not contain them."""
+    raise ValueError(f"non-strict JSON constant {name}")
+
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 JOIN_S = 60  # a bound on one short job's thread, never a stand-in for synchronisation
 
@@ -273,7 +278,7 @@ def test_record_downloads_round_trip():
                float("nan"), [float("inf")], [float("inf")], {}, 0.0, 0.0, diverged=(1, 8))])]  # fmt: skip
     back = loads(export.json_bytes(results))
     assert back[1].diverged == (1, 8)
-    json.loads(export.json_bytes(results))  # strict JSON
+    json.loads(export.json_bytes(results), parse_constant=_reject_constant)  # strict JSON: no NaN/Infinity
     assert export.csv_bytes(results).decode().startswith("run,label,strategy")
     assert b"plotly" in export.figure_html(lambda: __import__("plotly.graph_objects").graph_objects.Figure())
 

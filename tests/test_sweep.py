@@ -91,7 +91,12 @@ def test_diverging_points_never_break_charts_or_json():
             sweep_charts.stability_map(res),
         ):
             _strict(fig.to_json())
-        sweep_charts.recommendation_rows(res)
+        rows_r = sweep_charts.recommendation_rows(res)
+        # one row per swept strategy; the empty result recommends no range and says why
+        assert [r["strategy"] for r in rows_r] == ["value", "norm"]
+        if res is empty:
+            assert all(r["recommended"] == "-" and r["why"] == "no results yet" for r in rows_r)
+        _strict(json.dumps(rows_r))
         doc = _strict(dumps(res))
         assert doc["kind"] == "sweep"
     diverged = [r for r in doc_runs(result) if r["diverged"]]

@@ -436,14 +436,16 @@ def clip_rate(results: Sequence[RunResult], height: int | None = None) -> go.Fig
 _V_MIN = float(np.abs(VALUE_EDGES[VALUE_EDGES != 0]).min())  # smallest nonzero |edge|: linear inside, log outside
 
 
-def _symlog(v: Any) -> np.ndarray:
-    """Symmetric log position: linear for |v| < m (the smallest nonzero edge, at ±1), sign * (log10(|v|/m) + 1) out."""
+def _symlog(v: Any) -> np.ndarray | float:
+    """Symmetric log position: linear for |v| < m (the smallest nonzero edge, at ±1), sign * (log10(|v|/m) + 1) out.
+
+    An array for an array, a plain float for a scalar (a 0-d array is neither to most callers)."""
     v = np.asarray(v, dtype=float)
     a = np.abs(v)
     out = np.array(v / _V_MIN)  # linear part (a copy, also for a scalar); NaN stays NaN
     big = a >= _V_MIN  # log10 only where it is defined and > 0, so no divide-by-zero or invalid-value warnings
     out[big] = np.sign(v[big]) * (np.log10(a[big] / _V_MIN) + 1)
-    return out
+    return out if out.ndim else float(out)
 
 
 _VU = _symlog(VALUE_EDGES)
