@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,12 @@ from .optim import make_optimizer
 from .records import VALUE_EDGES, EpochRecord, RunResult, group_records
 
 _N_VALUE_BINS = len(VALUE_EDGES) + 2  # below, bins, above, NaN
+# gradient elements buffered before they are binned: binning many steps in one pass is faster than a
+# pass per step on small models, and the buffer (not the epoch's steps x runs x parameters) bounds memory
+HIST_CHUNK = 1 << 22  # elements per side (pre / post), 16 MB each in float32
+# how often (seconds of training) the engine calls its `hold` hook between steps; the stop event is
+# checked every step (Event.is_set is a host-only flag read, no device sync)
+HOLD_EVERY = 0.1
 
 
 def value_bins(x: Tensor) -> Tensor:
@@ -74,13 +80,18 @@ class Engine:
         stop: threading.Event | None = None,
         threads: int | None = 1,
         histograms: bool = True,
+        hold: Callable[[], bool] | None = None,
     ):
         self.runs = list(runs)
         validate_runs(self.runs, caps)
         self.device = resolve_device(device)
         self.record = record
-        self.histograms = record and histograms  # value histograms: a gradient copy per step and a binning pass
+        self.histograms = record and histograms  # value histograms: a binning pass over every step's gradients
+        # stop is checked between steps: a stopped epoch is dropped whole (no record pretends a part
+        # of an epoch was the epoch); records yielded before it stand
         self.stop = stop or threading.Event()
+        # called between steps every HOLD_EVERY s of training; may block (a pause); False means stop
+        self.hold = hold
         # torch's default intra-op threads oversubscribe a small CPU on these tiny models: measured here,
         # a 3-run tutorial job took 9.3 s with 2 threads beside one busy process and 0.15 s with 1 thread
         self.threads = threads
@@ -120,13 +131,26 @@ class Engine:
         """Per-tensor [K, ...] views of the current parameters (detached)."""
         return self.layout.split(self.flat.detach())
 
-    def _value_hist(self, vals: list[Tensor]) -> Tensor:
-        """Counts [K, bins] on VALUE_EDGES of the epoch's gradient elements (S x [K, P])."""
-        x = torch.stack(vals, 1).reshape(self.k, -1)  # [K, S*P]: binned once per epoch, not per step
-        acc = torch.zeros(self.k, _N_VALUE_BINS, dtype=torch.long, device=x.device)
-        return acc.scatter_add_(1, value_bins(x), torch.ones(x.shape, dtype=torch.long, device=x.device))
+    def _bin_into(self, counts: Tensor, vals: list[Tensor]) -> None:
+        """Add the value-bin counts of buffered gradients (n x [K, P]) into counts [K, bins]; empties vals."""
+        if not vals:
+            return
+        x = torch.stack(vals, 1).reshape(self.k, -1)  # [K, n*P]: one binning pass for the buffered steps
+        counts.scatter_add_(1, value_bins(x), torch.ones(x.shape, dtype=torch.long, device=x.device))
+        vals.clear()
 
-    def _epoch(self) -> list[EpochRecord]:
+    def _interrupted(self, last_hold: float) -> tuple[bool, float]:
+        """Between steps: (stop now?, time of the last hold call). Host-only, no device sync."""
+        if self.stop.is_set():
+            return True, last_hold
+        if self.hold is not None and time.perf_counter() - last_hold >= HOLD_EVERY:
+            if not self.hold() or self.stop.is_set():
+                return True, last_hold
+            last_hold = time.perf_counter()
+        return False, last_hold
+
+    def _epoch(self) -> list[EpochRecord] | None:
+        """Train one epoch and return its records; None if stopped part-way (the epoch is dropped)."""
         k, dev, rec = self.k, self.device, self.record
         # [n_seeds, N] -> each run's row of the order table
         order = torch.stack([epoch_order(g, self.n) for g in self.gens]).to(dev)
@@ -137,9 +161,15 @@ class Engine:
             rows = order[self.seed_row]  # [K, N]
             xs, ys = self.x[rows], self.y[rows]
         losses, pres, posts, tnorms, clipped, fracs = [], [], [], [], [], []
-        pre_vals, post_vals = [], []  # per step [K, P] gradient values before / after clipping
+        pre_vals, post_vals = [], []  # buffered steps' [K, P] gradient values before / after clipping
+        hist = torch.zeros(2, k, _N_VALUE_BINS, dtype=torch.long, device=dev) if self.histograms else None
+        chunk = max(1, HIST_CHUNK // max(1, self.flat.numel()))  # steps buffered before binning
         base = self.epoch * self.steps_per_epoch
+        last_hold = time.perf_counter()
         for s in range(self.steps_per_epoch):
+            stopped, last_hold = self._interrupted(last_hold)
+            if stopped:
+                return None
             lo, hi = s * self.batch, min(self.n, (s + 1) * self.batch)
             xb = xs[lo:hi] if shared else xs[:, lo:hi]
             pred = forward(self.model, self.layout.split(self.flat), xb)  # [K, B]
@@ -156,6 +186,9 @@ class Engine:
             losses.append(loss.detach())
             if self.histograms:
                 post_vals.append(g)
+                if len(post_vals) >= chunk:
+                    self._bin_into(hist[0], pre_vals)
+                    self._bin_into(hist[1], post_vals)
             if rec:
                 pres.append(stats.pre_norm)
                 posts.append(stats.post_norm)
@@ -169,7 +202,9 @@ class Engine:
         if rec:
             parts += [torch.stack(t).double() for t in (pres, posts, tnorms, clipped, fracs)]
             if self.histograms:
-                parts += [self._value_hist(pre_vals).double(), self._value_hist(post_vals).double()]
+                self._bin_into(hist[0], pre_vals)
+                self._bin_into(hist[1], post_vals)
+                parts += [hist[0].double(), hist[1].double()]
         flat = torch.cat([p.reshape(-1) for p in parts]).cpu().numpy()
         cuts = np.cumsum([p.numel() for p in parts])[:-1]
         # numpy from here: per-run slicing of small host arrays is ~10x cheaper than torch indexing
@@ -227,7 +262,10 @@ class Engine:
         while self.epoch < self.epochs and not self.stop.is_set():
             if len(self.reported_dead) == self.k:
                 return  # every run diverged: nothing left to train
-            yield from self._epoch()
+            recs = self._epoch()
+            if recs is None:
+                return  # stopped mid-epoch: the partial epoch is not reported
+            yield from recs
 
 
 def train(runs: Sequence[RunSpec], **kwargs) -> list[RunResult]:

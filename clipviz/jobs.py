@@ -88,7 +88,7 @@ class BackgroundJob:
         self._hooks: list[Callable[[BackgroundJob], None]] = []  # JobManager's slot release
         self._hooks_ran = False
         self._cond = threading.Condition()
-        self._stop = threading.Event()  # the worker checks it between epochs
+        self._stop = threading.Event()  # the engine checks it between steps
         self._thread: threading.Thread | None = None
         self._state = "queued"
         self._queue_position: int | None = None
@@ -146,7 +146,7 @@ class BackgroundJob:
         return self
 
     def stop(self) -> None:
-        """Stop soon (after the epoch in progress); what was trained stays in the job."""
+        """Stop soon (at the next step; the epoch in progress is dropped); finished epochs stay in the job."""
         with self._cond:
             self._stop.set()
             never_started = self._state == "queued" and self._thread is None
@@ -165,12 +165,14 @@ class BackgroundJob:
         try:
             configure_torch_threads()  # sets this thread's own count too: see the note above
             state = self._train()
-        except Exception as exc:  # a job's crash must never reach other jobs or the server
+        except BaseException as exc:  # noqa: BLE001 - even SystemExit: the job must fail and free its slot
+            # a job's crash must never reach other jobs or the server; a BaseException ends only this thread
             log.exception("clipviz %s job %s failed", self.kind, self.id)
             state, error = "failed", f"{type(exc).__name__}: {exc}"
-        with self._cond:
-            self._set_locked(state=state, error=error)
-        self._finish()
+        finally:
+            with self._cond:
+                self._set_locked(state=state, error=error)
+            self._finish()
 
     def _set_locked(self, **changes) -> None:
         for k, v in changes.items():
@@ -272,6 +274,7 @@ class Job(BackgroundJob):
         self._speed = _check_speed(speed)
         self._paused = paused
         self._steps = 0  # epochs granted by step_epoch while paused
+        self._stepping = False  # the epoch in progress was granted by a step: a pause waits for its end
 
     def snapshot(self) -> JobSnapshot:
         return super().snapshot()
@@ -291,7 +294,10 @@ class Job(BackgroundJob):
 
     # ---- controls (any thread) ----------------------------------------------------------------------
     def pause(self) -> None:
-        """Pause after the epoch in progress (state turns 'paused' once the worker is waiting)."""
+        """Pause within ~0.1 s, mid-epoch if need be (state turns 'paused' once the worker is waiting).
+
+        A step from a mid-epoch pause finishes that epoch; an epoch granted by a step runs to its end.
+        """
         with self._cond:
             self._paused = True
             self._cond.notify_all()
@@ -325,6 +331,7 @@ class Job(BackgroundJob):
                 if self._paused:
                     if self._steps > 0:
                         self._steps -= 1
+                        self._stepping = True
                         if self._state != "running":
                             self._set_locked(state="running")
                         return True  # a step ignores the pace
@@ -334,6 +341,7 @@ class Job(BackgroundJob):
                     continue
                 if self._state != "running":
                     self._set_locked(state="running")
+                self._stepping = False
                 if self._speed is not None and last_start is not None:
                     remaining = last_start + 1 / self._speed - time.monotonic()
                     if remaining > 0:
@@ -342,8 +350,25 @@ class Job(BackgroundJob):
                 return True
             return False
 
+    def _hold(self) -> bool:
+        """The engine's between-steps hook: wait here while paused mid-epoch; False once stopped."""
+        with self._cond:
+            while self._paused and not self._stepping and not self._stop.is_set():
+                if self._steps > 0:  # a step finishes the epoch in progress
+                    self._steps -= 1
+                    self._stepping = True
+                    break
+                if self._state != "paused":
+                    self._set_locked(state="paused")
+                self._cond.wait()
+            if self._stop.is_set():
+                return False
+            if self._state != "running":
+                self._set_locked(state="running")
+            return True
+
     def _train(self) -> str:
-        engine = Engine(self.runs, stop=self._stop, **self._kw)
+        engine = Engine(self.runs, stop=self._stop, hold=self._hold, **self._kw)
         with self._cond:
             self._set_locked(epochs=engine.epochs)
         batches, last_start, dead, finished = _by_epoch(engine, len(self.runs)), None, 0, False
