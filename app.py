@@ -14,6 +14,7 @@ import streamlit as st
 
 from clipviz.config import Caps, ClipSpec, ConfigError
 from clipviz.ui import charts, controls, export, lesson, state
+from clipviz.ui.cliff_view import render_cliff
 from clipviz.ui.sweep_view import render_sweep
 
 st.set_page_config(page_title="clipviz: gradient clipping side by side", page_icon="✂️", layout="wide")
@@ -207,15 +208,17 @@ def live_view() -> None:
 
 
 # ---- page -----------------------------------------------------------------------------------------
-tab_cmp, tab_lesson, tab_hist, tab_sweep, tab_export = st.tabs(
-    [
-        ":material/monitoring: Compare",
-        ":material/school: Lesson",
-        ":material/history: History",
-        ":material/tune: Sweep",
-        ":material/download: Export",
-    ]  # fmt: skip
-)
+TABS = {
+    "compare": ":material/monitoring: Compare",
+    "lesson": ":material/school: Lesson",
+    "cliff": ":material/landscape: Cliff",
+    "history": ":material/history: History",
+    "sweep": ":material/tune: Sweep",
+    "export": ":material/download: Export",
+}
+# a key so the lesson's 'Try it' can switch to the tab that shows its result (st.session_state.tab = label)
+tab_cmp, tab_lesson, tab_cliff, tab_hist, tab_sweep, tab_export = st.tabs(list(TABS.values()), key="tab",
+                                                                          on_change="rerun")  # fmt: skip
 with tab_cmp:
     st.fragment(run_every=state.poll_interval() if state.any_active() else None)(live_view)()
 
@@ -231,7 +234,10 @@ def _lesson_target():
 
 
 with tab_lesson:
-    lesson.render_lesson(_lesson_target)
+    lesson.render_lesson(_lesson_target, TABS)
+
+with tab_cliff:
+    render_cliff(classroom)
 
 with tab_hist:
     ids, v = store.ids(), st.session_state.history_version

@@ -41,7 +41,7 @@ METRICS = {"final_val": "final validation MSE", "best_val": "best validation MSE
 MAX_POINTS = 5000  # runs in one sweep (each chunk also obeys Caps.max_runs / max_total_params)
 DEFAULT_CHUNK = 256  # runs per lockstep job: bigger amortises the per-step overhead; caps bound memory
 WARMUP_STEPS = 50  # unclipped baseline: pre-clip norms kept from its first steps (the heuristics' input)
-PASCANU_FACTORS = (0.5, 10.0)  # Pascanu et al. 2013, sec. 3.2: "from half to ten times" the average norm
+PASCANU_FACTORS = (0.5, 10.0)  # Pascanu et al. 2013 (ICML text), sec. 3.2: "from half to ten times this average"
 AUTOCLIP_P = 10.0  # AutoClip's default percentile (Seetharaman et al. 2020)
 
 
@@ -252,6 +252,8 @@ class RunSummary:
     clip_rate: float = 0.0  # fraction of the trained steps on which the clip changed the gradient
     val_curve: list[float] = field(default_factory=list)  # per epoch
     early_norms: list[float] = field(default_factory=list)  # 'none' only: pre-clip norms of the first steps
+    norm_median: float = math.nan  # median pre-clip norm over every step of a run that trained (the heuristics')
+    norm_p10: float = math.nan  # its 10th percentile (AutoClip's default); both nan if the run diverged
 
 
 def train_chunk(
@@ -276,6 +278,7 @@ def train_chunk(
     out = [RunSummary(r) for r in runs]
     clipped = [0.0] * len(runs)
     steps = [0] * len(runs)
+    norms: list[list[np.ndarray]] = [[] for _ in runs]  # each run's pre-clip norms, every step
     last_epoch = 0
     for rec in engine:
         s = out[rec.run]
@@ -284,6 +287,7 @@ def train_chunk(
         steps[rec.run] += n_steps
         s.epochs = rec.epoch
         s.val_curve.append(rec.val_loss)
+        norms[rec.run].append(np.asarray(rec.grad_norm_pre, dtype=float))
         if s.spec.clip.strategy == "none" and len(s.early_norms) < WARMUP_STEPS:
             finite = [v for v in rec.grad_norm_pre if math.isfinite(v)]
             s.early_norms += finite[: WARMUP_STEPS - len(s.early_norms)]
@@ -298,10 +302,12 @@ def train_chunk(
             on_epoch(rec.epoch, engine.epochs)
     if stop is not None and stop.is_set() and engine.epoch < engine.epochs and len(engine.reported_dead) < engine.k:
         return None  # stopped mid-chunk: its runs are unfinished, drop them
-    for s, c, n in zip(out, clipped, steps, strict=True):
+    for s, c, n, ns in zip(out, clipped, steps, norms, strict=True):
         s.clip_rate = c / n if n and record else (0.0 if record else math.nan)
         if s.diverged:
             s.final_train = s.final_val = math.nan
+        elif ns and (v := np.concatenate(ns)).size:
+            s.norm_median, s.norm_p10 = (float(q) for q in np.percentile(v, [50, AUTOCLIP_P]))
     return out
 
 

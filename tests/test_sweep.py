@@ -27,7 +27,7 @@ from clipviz.sweep import (
     point_spec,
     run_sweep,
 )
-from clipviz.sweep_report import dumps, loads, recommend, summarize, summary_rows, to_frame
+from clipviz.sweep_report import dumps, heuristics, loads, recommend, summarize, summary_rows, to_frame
 from clipviz.ui import sweep_charts
 
 
@@ -209,6 +209,14 @@ def test_tutorial_sweep_reproduces_the_known_shape():
         rec = next(r for r in recommend(result) if r.strategy == strat)
         assert rec.low is not None and min(trains) <= rec.best <= max(trains)
         assert "every seed trained" in rec.reason
+    # rules of thumb from runs that train: the unclipped runs diverged, so the norms come from the best clipped
+    # setup; the Pascanu band must bracket the sweep's own best norm threshold within a decade (it used to sit
+    # 3-4 orders of magnitude away, read off the exploding unclipped runs)
+    heur = {h.name.split(" ")[0]: h for h in heuristics(result)}
+    pascanu, best_norm = heur["Pascanu"], next(r for r in recommend(result) if r.strategy == "norm").best
+    assert "unclipped runs diverged" in pascanu.reason and "norm:" in pascanu.reason, pascanu.reason
+    assert pascanu.low / 10 <= best_norm <= pascanu.high * 10, (pascanu, best_norm)
+    print(f"heuristics: {[(h.name, round(h.low, 3), round(h.high, 3)) for h in heur.values()]}, best norm {best_norm}")
 
 
 # ---- the UI -------------------------------------------------------------------------------------

@@ -128,7 +128,9 @@ def _draw_results(result: SweepResult) -> None:
     st.dataframe(pd.DataFrame(recs), hide_index=True)
     heur = heuristics(result, axis_value)
     if heur:
-        st.markdown("**Classic rules of thumb**, computed from the unclipped baseline's measured gradient norms")
+        st.markdown(
+            "**Classic rules of thumb**, computed from the measured gradient norms of runs that train (*from* says which)"
+        )
         st.dataframe(
             pd.DataFrame(
                 [
