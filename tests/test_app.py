@@ -71,8 +71,8 @@ def test_starts_on_the_tutorial_ready_to_train():
     assert at.select_slider(key="lr").value == 0.01
     assert at.slider(key="epochs").value == 100
     assert [t.label for t in at.tabs][:5] == [
-        ":material/monitoring: Compare", ":material/school: Lesson", ":material/history: History",
-        ":material/tune: Sweep", ":material/download: Export",
+        ":material/monitoring: Compare", ":material/school: Lesson", ":material/landscape: Cliff",
+        ":material/history: History", ":material/tune: Sweep",
     ]  # fmt: skip
 
 
