@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config import PRESETS, ClipSpec, ConfigError, DataSpec, RunSpec, validate_runs, with_clips
+from .strategies import REGISTRY
 from .sweep import (
     DEFAULT_CHUNK,
     DEFAULT_RANGES,
@@ -261,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--clip",
         action="append",
         metavar="STRATEGY[:T]",
-        help="none, value:5, norm:1, tensor-norm:1, agc:0.01, autoclip:10, zclip:2.5 (repeat; default: the tutorial's three)",
+        help=", ".join(f"{n}:{s.default:g}" if s.default else n for n, s in REGISTRY.items())
+        + " (repeat; a name alone takes its default; default: the tutorial's three)",
     )
     _add_setup_flags(run)
     run.set_defaults(func=cmd_run)

@@ -1,4 +1,4 @@
-"""Every gradient clipping strategy, batched over K runs, in one registry; plus drop-ins for one model.
+"""The rules of every registry strategy (clipviz.strategies), batched over K runs; plus drop-ins for one model.
 
 Batched layout: each tensor of `grads` / `params` is `[K, ...]`, per run the PyTorch layout
 (weight `[out, in]`, bias `[out]`). `make_clipper(strategy, thresholds)` returns a callable
@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from clipviz.config import STRATEGIES, THRESHOLD_MEANING
+from clipviz.strategies import NAMES as STRATEGIES
+from clipviz.strategies import REGISTRY, Strategy
 
 EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s epsilon: coef = max_norm / (total + 1e-6)
 _F64 = torch.float64  # norms accumulate in float64: overflow-safe (1e20**2 overflows float32). CUDA/CPU only.
@@ -254,11 +254,117 @@ class ZClipState:
         return _list_call(self, grads, params, "zclip")
 
 
-class Clipper:
-    """Clips a flat [K, P] gradient in place, each run by its own strategy and threshold, in one pass.
+# ---- one rule per registry entry, each on its own runs' rows only --------------------------------
+# A rule gets its group's rows g [Kg, P] (clipped in place), w [Kg, P] (agc) and the pre-clip norms
+# gn [Kg] / tn [Kg, L] (float64), and returns (post_norm [Kg], clipped [Kg] bool, frac_elements [Kg]).
+class _Rule:
+    needs_params = False
 
-    Runs that use another strategy see that rule with an infinite threshold (a no-op), so a mixed
-    comparison (none, value, norm, ...) needs no per-group gather/scatter. Only the rules present run.
+    def __init__(self, thresholds: Tensor, layout: Layout, state=None, agc_eps: float = 1e-3):
+        self.thr, self.layout = thresholds.reshape(-1).to(_F64), layout  # [Kg]
+
+    def __call__(self, g: Tensor, w: Tensor | None, gn: Tensor, tn: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _global(self, g: Tensor, gn: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Scale each run by its global factor; one factor per run, so the norm scales with it."""
+        f = global_norm_factor(gn, c)  # [Kg]
+        g.mul_(f.float().unsqueeze(1))
+        hit = (f < 1.0) & (gn > 0)  # a zero gradient scaled by 0 (autoclip's 0 threshold) did not change
+        return gn * f, hit, hit.to(_F64)
+
+
+class _NoClip(_Rule):
+    def __call__(self, g, w, gn, tn):
+        return gn, torch.zeros_like(gn, dtype=torch.bool), torch.zeros_like(gn)
+
+
+class _Value(_Rule):
+    def __call__(self, g, w, gn, tn):
+        n_out = clip_by_value(g, self.thr.float().unsqueeze(1))
+        return torch.linalg.vector_norm(g, dim=1, dtype=_F64), n_out > 0, n_out.to(_F64) / max(self.layout.numel, 1)
+
+
+class _GlobalNorm(_Rule):
+    def __call__(self, g, w, gn, tn):
+        return self._global(g, gn, self.thr)
+
+
+class _TensorNorm(_Rule):
+    def __call__(self, g, w, gn, tn):
+        lay = self.layout
+        f = tensor_norm_factor(tn, self.thr.unsqueeze(1))  # [Kg, L]
+        g.mul_(f.float().index_select(1, lay.seg))
+        hit = f < 1.0
+        post = torch.linalg.vector_norm(g, dim=1, dtype=_F64)
+        return post, hit.any(1), (hit * lay.tensor_share).sum(1)
+
+
+class _AGC(_Rule):
+    needs_params = True
+
+    def __init__(self, thresholds, layout, state=None, agc_eps: float = 1e-3):
+        super().__init__(thresholds, layout)
+        self.eps = agc_eps
+
+    def __call__(self, g, w, gn, tn):
+        lay = self.layout
+        gu = lay.unit_sums(g.to(_F64).square()).sqrt()  # [Kg, U]
+        wu = lay.unit_sums(w.detach().to(_F64).square()).sqrt()
+        f = agc_factor(gu, wu, self.thr.unsqueeze(1), self.eps)
+        g.mul_(f.float().index_select(1, lay.unit))
+        hit = f < 1.0
+        post = torch.linalg.vector_norm(g, dim=1, dtype=_F64)
+        return post, hit.any(1), (hit * lay.unit_share).sum(1)
+
+
+class _Stateful(_Rule):
+    """A dynamic global-norm limit from the group's own history (AutoClip, ZClip)."""
+
+    kind: type
+
+    def __init__(self, thresholds, layout, state=None, agc_eps: float = 1e-3):
+        super().__init__(thresholds, layout)
+        self.state = state if state is not None else self.kind(thresholds.reshape(-1))
+
+    def __call__(self, g, w, gn, tn):
+        return self._global(g, gn, self.state.update(gn))
+
+
+class _AutoClip(_Stateful):
+    kind = AutoClipState
+
+
+class _ZClip(_Stateful):
+    kind = ZClipState
+
+
+RULES: dict[str, type[_Rule]] = {
+    "none": _NoClip,
+    "value": _Value,
+    "norm": _GlobalNorm,
+    "tensor-norm": _TensorNorm,
+    "agc": _AGC,
+    "autoclip": _AutoClip,
+    "zclip": _ZClip,
+}
+assert list(RULES) == list(STRATEGIES), "every registry entry needs a rule, in registry order"
+
+
+def _rows(idx: list[int], device: torch.device) -> slice | Tensor:
+    """A group's rows: a slice (a view: in-place clipping writes through) when contiguous, else an index."""
+    if idx == list(range(idx[0], idx[-1] + 1)):
+        return slice(idx[0], idx[-1] + 1)
+    return torch.tensor(idx, device=device)
+
+
+class Clipper:
+    """Clips a flat [K, P] gradient in place, each run by its own strategy and threshold.
+
+    The runs are grouped by strategy (registry order); each group's rule sees only its own rows, so no
+    strategy's neutral value (an infinite threshold, a factor of 1) ever reaches another strategy's run,
+    and every run clips exactly as it would alone. Contiguous groups (`with_clips` makes them so) are
+    views of g; others are gathered, clipped and scattered back.
     """
 
     def __init__(
@@ -272,70 +378,33 @@ class Clipper:
         unknown = set(strategies) - set(STRATEGIES)
         if unknown:
             raise ValueError(f"unknown clipping strategy {sorted(unknown)[0]!r}; choose from {', '.join(STRATEGIES)}")
-        thr, dev = thresholds.reshape(-1).to(_F64), thresholds.device
+        thr, dev = thresholds.reshape(-1), thresholds.device
         self.layout, self.k = layout, len(strategies)
-        present = set(strategies)
-
-        def per_run(name: str) -> Tensor:  # this strategy's thresholds, inf for the other runs
-            mask = torch.tensor([s == name for s in strategies], device=dev)
-            return torch.where(mask, thr, math.inf)
-
-        self.c_value = per_run("value").float().unsqueeze(1) if "value" in present else None  # [K, 1]
-        self.c_tensor = per_run("tensor-norm").unsqueeze(1) if "tensor-norm" in present else None  # [K, 1]
-        self.lam = per_run("agc").unsqueeze(1) if "agc" in present else None  # [K, 1]
-        self.c_norm = per_run("norm") if "norm" in present else None  # [K]
-        # stateful rules keep their history only for their own runs: (index [Ks], state)
-        self.states = []
-        for name, cls in (("autoclip", AutoClipState), ("zclip", ZClipState)):
-            if name in present:
-                idx = torch.tensor([i for i, s in enumerate(strategies) if s == name], device=dev)
-                state = (states or {}).get(name) or cls(thresholds.reshape(-1)[idx])
-                self.states.append((idx, state))
-        self.needs_params, self.agc_eps = self.lam is not None, agc_eps
+        self.groups: list[tuple[slice | Tensor, _Rule]] = []  # (rows, rule) per strategy present
+        for name, rule in RULES.items():
+            idx = [i for i, s in enumerate(strategies) if s == name]
+            if idx:
+                rows = _rows(idx, dev)
+                state = (states or {}).get(name)
+                self.groups.append((rows, rule(thr[rows], layout, state=state, agc_eps=agc_eps)))
+        self.needs_params = any(rule.needs_params for _, rule in self.groups)
 
     @torch.no_grad()
     def __call__(self, g: Tensor, w: Tensor | None = None) -> ClipStats:
         """g: [K, P] gradient (float32), clipped in place; w: [K, P] parameters (AGC only)."""
-        lay = self.layout
-        tn = lay.tensor_norms(g)  # [K, L] float64: finite 1e20 elements must not overflow the norm
+        tn = self.layout.tensor_norms(g)  # [K, L] float64: finite 1e20 elements must not overflow the norm
         gn = torch.linalg.vector_norm(tn, dim=1)
-        clipped, frac, changed = False, 0.0, False  # become [K] tensors once a rule is present
-        if self.c_value is not None:
-            n_out = clip_by_value(g, self.c_value)
-            clipped, frac, changed = n_out > 0, n_out / max(lay.numel, 1), True
-        scale = None  # [K, P] or [K, 1] float32 factor, the product of the scaling rules present
-        if self.c_tensor is not None:
-            f = tensor_norm_factor(tn, self.c_tensor)  # [K, L]
-            hit = f < 1.0
-            clipped, frac = clipped | hit.any(1), frac + (hit * lay.tensor_share).sum(1)
-            scale = f.float().index_select(1, lay.seg)
-        if self.lam is not None:
-            gu = lay.unit_sums(g.to(_F64).square()).sqrt()  # [K, U]
-            wu = lay.unit_sums(w.detach().to(_F64).square()).sqrt()
-            f = agc_factor(gu, wu, self.lam, self.agc_eps)
-            hit = f < 1.0
-            clipped, frac = clipped | hit.any(1), frac + (hit * lay.unit_share).sum(1)
-            fu = f.float().index_select(1, lay.unit)
-            scale = fu if scale is None else scale * fu
-        only_global = not changed and scale is None
-        c = self.c_norm
-        for idx, state in self.states:  # dynamic global-norm limits of the stateful runs
-            c = torch.full_like(gn, math.inf) if c is None else c.clone()
-            c.index_copy_(0, idx, state.update(gn.index_select(0, idx)))
-        if c is not None:
-            f = global_norm_factor(gn, c)  # [K]
-            hit = (f < 1.0) & (gn > 0)  # a zero gradient scaled by 0 (autoclip's 0 threshold) did not change
-            clipped, frac = clipped | hit, frac + hit
-            fg = f.float().unsqueeze(1)
-            scale = fg if scale is None else scale * fg
-        if scale is None:
-            post = gn if not changed else torch.linalg.vector_norm(g, dim=1, dtype=_F64)
-        else:
-            g.mul_(scale)
-            # one factor per run: the norm scales with it (exact in real arithmetic); else measure again
-            post = gn * f if only_global else torch.linalg.vector_norm(g, dim=1, dtype=_F64)
-        if isinstance(clipped, bool):  # 'none' only
-            clipped, frac = torch.zeros_like(gn, dtype=torch.bool), torch.zeros_like(gn)
+        if len(self.groups) == 1:  # one strategy: its rule on the whole buffer
+            rule = self.groups[0][1]
+            post, clipped, frac = rule(g, w, gn, tn)
+            return ClipStats(gn, tn, post, clipped, frac)
+        post, clipped, frac = torch.empty_like(gn), torch.empty_like(gn, dtype=torch.bool), torch.empty_like(gn)
+        for rows, rule in self.groups:
+            gs = g[rows]  # a view for a slice, a copy for an index
+            ws = w[rows] if rule.needs_params else None
+            post[rows], clipped[rows], frac[rows] = rule(gs, ws, gn[rows], tn[rows])
+            if isinstance(rows, Tensor):
+                g.index_copy_(0, rows, gs)
         return ClipStats(gn, tn, post, clipped, frac)  # float64: the engine reads them back as such
 
 
@@ -373,80 +442,9 @@ class _ListClipper:
         return _apply(self.core, grads, params)
 
 
-# ---- registry ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class StrategyInfo:
-    name: str  # key in config.STRATEGIES
-    title: str  # as users know it
-    formula: str  # LaTeX
-    reference: str  # paper / library it comes from
-    same_as: str  # library functions that compute the same thing
-    threshold_meaning: str  # what the one number per run means
-    default: float | None  # a sensible threshold
-    stateful: bool  # the clipper keeps history: one per group of runs, never reused across jobs
-
-
-def _info(name: str, title: str, formula: str, reference: str, same_as: str, stateful: bool = False) -> StrategyInfo:
-    meaning, default = THRESHOLD_MEANING[name]
-    return StrategyInfo(name, title, formula, reference, same_as, meaning, default, stateful)
-
-
-_N = r"\lVert g\rVert_2"
-STRATEGY_INFO: dict[str, StrategyInfo] = {
-    i.name: i
-    for i in (
-        _info("none", "No clipping", r"g \leftarrow g", "", ""),
-        _info(
-            "value",
-            "Value",
-            r"g_j \leftarrow \min(\max(g_j, -c), c)",
-            "Mikolov (2012), PhD thesis",
-            "torch.nn.utils.clip_grad_value_, Keras clipvalue, optax.clip",
-        ),
-        _info(
-            "norm",
-            "Global norm",
-            rf"g \leftarrow g \min\left(1, \frac{{c}}{{{_N} + 10^{{-6}}}}\right)",
-            "Pascanu, Mikolov & Bengio 2013, arXiv:1211.5063",
-            "torch.nn.utils.clip_grad_norm_, Keras global_clipnorm (and standalone Keras 2 clipnorm), "
-            "optax.clip_by_global_norm",
-        ),
-        _info(
-            "tensor-norm",
-            "Per-tensor norm",
-            r"g_l \leftarrow g_l \frac{c}{\max(\lVert g_l\rVert_2, c)}",
-            "Keras 3 clip_by_norm (keras/src/optimizers/base_optimizer.py)",
-            "Keras 3 clipnorm, tf.clip_by_norm per variable",
-        ),
-        _info(
-            "agc",
-            "Adaptive gradient clipping (AGC)",
-            r"G_i \leftarrow G_i \frac{\lambda \max(\lVert W_i\rVert, 10^{-3})}{\max(\lVert G_i\rVert, 10^{-6})}"
-            r"\ \text{if}\ \lVert G_i\rVert > \lambda \max(\lVert W_i\rVert, 10^{-3})",
-            "Brock, De, Smith & Simonyan 2021 (NFNets), arXiv:2102.06171",
-            "optax.adaptive_grad_clip, timm adaptive_clip_grad",
-        ),
-        _info(
-            "autoclip",
-            "AutoClip",
-            rf"c_t = \mathrm{{percentile}}_p(\lVert g_1\rVert, \dots, \lVert g_t\rVert),\ "
-            rf"g \leftarrow g \min\left(1, \frac{{c_t}}{{{_N} + 10^{{-6}}}}\right)",
-            "Seetharaman, Wichern, Pardo & Le Roux 2020, arXiv:2007.14469",
-            "github.com/pseeth/autoclip",
-            stateful=True,
-        ),
-        _info(
-            "zclip",
-            "ZClip",
-            rf"z = \frac{{{_N} - \mu}}{{\sigma + \epsilon}},\ z > z_t:\ "
-            rf"g \leftarrow g \frac{{\mu + z_t^2 \sigma / z}}{{{_N} + 10^{{-6}}}}",
-            "Kumar, Owen, Chowdhury & Güra 2025, arXiv:2504.02507",
-            "zclip.ZClip(mode='zscore', clip_option='adaptive_scaling', max_grad_norm=None)",
-            stateful=True,
-        ),
-    )
-}
-assert set(STRATEGY_INFO) == set(STRATEGIES), "a strategy needs a registry line"
+# ---- registry: the metadata lives in clipviz.strategies (no torch) ------------------------------
+StrategyInfo = Strategy
+STRATEGY_INFO: dict[str, Strategy] = REGISTRY
 
 
 def make_clipper(strategy: str, thresholds: Tensor) -> Callable[[list[Tensor], list[Tensor]], ClipStats]:

@@ -12,17 +12,12 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-STRATEGIES = ("none", "value", "norm", "tensor-norm", "agc", "autoclip", "zclip")
-# what each strategy's single number means, and a sensible default for it
-THRESHOLD_MEANING = {
-    "none": ("", None),
-    "value": ("clip value c", 5.0),
-    "norm": ("max global norm", 1.0),
-    "tensor-norm": ("max norm per tensor", 1.0),
-    "agc": ("clipping ratio lambda", 0.01),
-    "autoclip": ("percentile p", 10.0),
-    "zclip": ("z-score threshold", 2.5),
-}
+from .strategies import NAMES as STRATEGIES
+from .strategies import REGISTRY as _REGISTRY
+from .strategies import canonical as _canonical
+
+# what each strategy's single number means, and a sensible default for it (from the registry)
+THRESHOLD_MEANING = {n: (s.threshold_meaning, s.default) for n, s in _REGISTRY.items()}
 DATASETS = ("regression", "diabetes", "friedman1", "adding", "csv")
 MODELS = ("mlp", "rnn")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "gelu", "linear")
@@ -121,7 +116,7 @@ class ClipSpec:
     def parse(cls, text: str) -> ClipSpec:
         """'none', 'value:5', 'norm:1', 'agc' (default threshold) -> ClipSpec, or ConfigError."""
         name, _, num = text.strip().lower().partition(":")
-        name = {"global-norm": "norm", "per-tensor-norm": "tensor-norm", "tensor": "tensor-norm"}.get(name, name)
+        name = _canonical(name)
         if name not in STRATEGIES:
             raise ConfigError(f"unknown clipping strategy {name!r}; choose from {', '.join(STRATEGIES)}")
         if name == "none":
@@ -147,8 +142,9 @@ class ClipSpec:
         what = THRESHOLD_MEANING[self.strategy][0]
         if t is None or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
             raise ConfigError(f"{self.strategy} clipping needs a positive finite {what}, got {t!r}")
-        if self.strategy == "autoclip" and t > 100:
-            raise ConfigError(f"autoclip percentile must be in (0, 100], got {t:g}")
+        top = _REGISTRY[self.strategy].max_threshold
+        if top is not None and t > top:
+            raise ConfigError(f"{self.strategy} {what} must be in (0, {top:g}], got {t:g}")
 
 
 @dataclass(frozen=True)

@@ -57,9 +57,12 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+SHUFFLE_OFFSET = 1_000_003  # the minibatch stream of seed s is seeded s + this (the exported code says so too)
+
+
 def shuffle_generator(seed: int) -> torch.Generator:
     """Minibatch order for a seed: its own stream, apart from the init stream, so both are reproducible."""
-    return torch.Generator().manual_seed(seed + 1_000_003)
+    return torch.Generator().manual_seed(seed + SHUFFLE_OFFSET)
 
 
 def epoch_order(gen: torch.Generator, n: int) -> Tensor:

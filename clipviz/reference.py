@@ -8,16 +8,18 @@ baseline the benchmarks compare against. It is deliberately simple: one run, one
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from . import clipping
 from .config import RunSpec
 from .data import Dataset, load_dataset
 from .engine import epoch_order, shuffle_generator
 from .models import ReferenceModel, init_params
 from .optim import reference_optimizer
+from .strategies import REGISTRY
 
 
 @dataclass
@@ -27,25 +29,18 @@ class ReferenceResult:
     grad_norm_pre: list[float] = field(default_factory=list)  # per step, all epochs
 
 
-def _clip_fn(spec: RunSpec):
-    c = spec.clip
-    if c.strategy == "none":
+def clip_step(spec: RunSpec) -> Callable[[list[torch.Tensor]], object] | None:
+    """The registry's plain-PyTorch call for the run's strategy, as `clip(params)` (None for no clipping).
+
+    torch.nn.utils.clip_grad_value_ / clip_grad_norm_ where torch has the rule, clipviz's drop-ins for
+    the rest; the exported script calls the same function (`Strategy.export_lines`).
+    """
+    s = REGISTRY[spec.clip.strategy]
+    if not s.call:
         return None
-    if c.strategy == "value":  # torch returns nothing here, so measure the norm first, as the engine records it
-        return lambda ps: (
-            torch.nn.utils.get_total_norm([p.grad for p in ps]),
-            torch.nn.utils.clip_grad_value_(ps, c.threshold),
-        )[0]
-    if c.strategy == "norm":
-        return lambda ps: torch.nn.utils.clip_grad_norm_(ps, c.threshold)
-    # torch has no per-tensor, AGC, AutoClip or ZClip: use clipviz's drop-in versions
-    if c.strategy == "tensor-norm":
-        return lambda ps: clipping.clip_grad_norm_per_tensor_(ps, c.threshold).norm()
-    if c.strategy == "agc":
-        return lambda ps: clipping.adaptive_grad_clip_(ps, c.threshold)
-    if c.strategy == "autoclip":
-        return clipping.AutoClip(percentile=c.threshold)
-    return clipping.ZClip(z_thresh=c.threshold)
+    fn = getattr(importlib.import_module(s.module), s.attr)
+    kw = {s.arg: spec.clip.threshold}
+    return fn(**kw) if s.stateful else lambda ps: fn(ps, **kw)
 
 
 def train_reference(spec: RunSpec, epochs: int | None = None, dataset: Dataset | None = None) -> ReferenceResult:
@@ -53,7 +48,7 @@ def train_reference(spec: RunSpec, epochs: int | None = None, dataset: Dataset |
     ds = dataset if dataset is not None else load_dataset(spec.data)
     model = ReferenceModel(spec.model, init_params(spec.model, ds.x_train.shape[-1], spec.seed))
     opt = reference_optimizer(spec.optim, model.parameters())
-    clip = _clip_fn(spec)
+    clip = clip_step(spec)
     gen = shuffle_generator(spec.seed)
     out = ReferenceResult()
     n, bs = ds.x_train.shape[0], spec.optim.batch_size
@@ -66,7 +61,10 @@ def train_reference(spec: RunSpec, epochs: int | None = None, dataset: Dataset |
             opt.zero_grad()
             loss = torch.nn.functional.mse_loss(model(ds.x_train[idx]), ds.y_train[idx])
             loss.backward()
-            norm = clip(params) if clip else torch.nn.utils.get_total_norm([p.grad for p in params])
+            # the pre-clip norm, measured the same way for every strategy (clip_grad_value_ returns none)
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+            if clip:
+                clip(params)
             opt.step()
             total += loss.item()
             steps += 1

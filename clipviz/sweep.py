@@ -34,6 +34,7 @@ import numpy as np
 
 from .config import STRATEGIES, Caps, ConfigError, RunSpec, param_count, validate_run
 from .jobs import FINISHED, BackgroundJob
+from .strategies import REGISTRY
 
 SWEEP_STRATEGIES = tuple(s for s in STRATEGIES if s != "none")  # 'none' always runs as the baseline
 AXES = ("lr", "batch_size")  # the optional second axis
@@ -87,15 +88,8 @@ class LogRange:
         return tuple(dict.fromkeys(float(f"{v:.4g}") for v in np.geomspace(self.lo, self.hi, self.count)))
 
 
-# thresholds mean different things per strategy (THRESHOLD_MEANING): a default range for each
-DEFAULT_RANGES = {
-    "value": LogRange(0.01, 1000.0, 25),
-    "norm": LogRange(0.01, 1000.0, 25),
-    "tensor-norm": LogRange(0.01, 1000.0, 25),
-    "agc": LogRange(0.001, 10.0, 13),
-    "autoclip": LogRange(1.0, 100.0, 9),
-    "zclip": LogRange(0.5, 20.0, 9),
-}
+# thresholds mean different things per strategy (THRESHOLD_MEANING): a default range for each, from the registry
+DEFAULT_RANGES = {n: LogRange(*s.sweep) for n, s in REGISTRY.items() if s.sweep is not None}
 
 
 @dataclass(frozen=True)

@@ -20,21 +20,13 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
+from .. import strategies
 from ..config import ClipSpec, RunSpec
 from ..records import NORM_EDGES, VALUE_EDGES, RunResult, norm_histogram
 
-# Okabe-Ito, colour-blind safe; vermillion is kept for non-finite markers, yellow darkened to read on white
-STRATEGY_COLORS = {
-    "none": "#7f7f7f",
-    "value": "#e69f00",
-    "norm": "#0072b2",
-    "tensor-norm": "#009e73",
-    "agc": "#cc79a7",
-    "autoclip": "#56b4e9",
-    "zclip": "#c4b000",
-}
+STRATEGY_COLORS = {n: strategies.colour(n) for n in strategies.NAMES}  # the registry's hues (Okabe-Ito)
 NONFINITE_COLOR = "#d55e00"
-_OTHER = "#444444"  # a label whose strategy we cannot tell
+_OTHER = strategies.OTHER_COLOUR  # a label whose strategy we cannot tell
 _FONT = 16
 _SMALL = 12  # tick labels of small multiples, ~150 px wide panels at half a projector's width
 # log10 edges of the 50 finite norm rows: [below 1e-4, the 48 NORM_EDGES bins, above 1e8], a quarter decade each

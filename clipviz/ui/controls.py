@@ -38,16 +38,10 @@ from ..config import (
     with_clips,
 )
 from ..data import read_csv_table
+from ..strategies import REGISTRY
 
-# log-scale ranges of each strategy's one number (the tutorial's values sit on the grid)
-THRESHOLD_RANGES = {
-    "value": (0.01, 100.0),
-    "norm": (0.01, 1000.0),
-    "tensor-norm": (0.01, 1000.0),
-    "agc": (0.001, 1.0),
-    "autoclip": (1.0, 100.0),
-    "zclip": (0.5, 10.0),
-}
+# log-scale slider range of each strategy's one number (the registry's; the tutorial's values sit on the grid)
+THRESHOLD_RANGES = {n: s.slider for n, s in REGISTRY.items() if s.slider is not None}
 SPEEDS = ("1", "2", "5", "10", "20", "50", "max")  # playback, epochs per second
 ADVANCED = "advanced"  # section hidden in classroom mode
 

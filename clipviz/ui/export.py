@@ -14,7 +14,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from ..config import RunSpec
+from ..engine import SHUFFLE_OFFSET
 from ..records import RunResult, dumps, to_frame
+from ..strategies import REGISTRY
 
 
 def csv_bytes(results: list[RunResult]) -> bytes:
@@ -33,9 +35,12 @@ def figure_html(fig: go.Figure | Callable[[], go.Figure]) -> bytes:
 
 _ACT = {"relu": "nn.ReLU", "tanh": "nn.Tanh", "sigmoid": "nn.Sigmoid", "leaky_relu": "nn.LeakyReLU",
         "gelu": "nn.GELU", "linear": "nn.Identity"}  # fmt: skip
-_INIT = {"he_uniform": "nn.init.kaiming_uniform_({}, nonlinearity='relu')",
-         "he_normal": "nn.init.kaiming_normal_({}, nonlinearity='relu')",
-         "glorot_uniform": "nn.init.xavier_uniform_({})", "glorot_normal": "nn.init.xavier_normal_({})"}  # fmt: skip
+# models.init_params' initialisers, with its generator: same weights as the dashboard for the same seed
+_INIT = {"he_uniform": "nn.init.kaiming_uniform_({}, nonlinearity='relu', generator=gen)",
+         "he_normal": "nn.init.kaiming_normal_({}, nonlinearity='relu', generator=gen)",
+         "glorot_uniform": "nn.init.xavier_uniform_({}, generator=gen)",
+         "glorot_normal": "nn.init.xavier_normal_({}, generator=gen)",
+         "torch_default": "nn.init.kaiming_uniform_({}, a=math.sqrt(5), generator=gen)"}  # fmt: skip
 _OPT = {"sgd": "torch.optim.SGD(model.parameters(), lr={lr!r}, momentum={momentum!r})",
         "adam": "torch.optim.Adam(model.parameters(), lr={lr!r})",
         "rmsprop": "torch.optim.RMSprop(model.parameters(), lr={lr!r})"}  # fmt: skip
@@ -43,8 +48,9 @@ _SKLEARN = {"regression": "make_regression", "friedman1": "make_friedman1", "dia
 
 
 def _data_code(spec: RunSpec) -> str:
+    """data.load_dataset's steps in plain sklearn (the adding task and a CSV call clipviz's loader)."""
     d = spec.data
-    if d.name not in _SKLEARN:  # the adding task and a CSV: clipviz's loader builds the same tensors
+    if d.name not in _SKLEARN:
         return (
             "from clipviz.config import DataSpec\nfrom clipviz.data import load_dataset\n\n"
             f"ds = load_dataset({d!r})\n"
@@ -56,31 +62,43 @@ def _data_code(spec: RunSpec) -> str:
         if d.name == "diabetes"
         else f"{fn}(n_samples={d.n_samples}, n_features={d.n_features}, noise={d.noise!r}, random_state={d.random_state})"
     )
-    lines = [f"from sklearn.datasets import {fn}", "", f"x, y = {call}"]
+    lines = [f"from sklearn.datasets import {fn}"]
+    lines += ["from sklearn.preprocessing import StandardScaler"] if d.scale_x or d.scale_y else []
+    lines += ["", f"x, y = {call}"]
     lines += [f"n = int(len(y) * {d.train_fraction!r})  # first rows train, the rest validate (no shuffle)"]
     lines += ["x_train, x_val, y_train, y_val = x[:n], x[n:], y[:n], y[n:]"]
     if d.scale_x:
-        lines += ["mx, sx = x_train.mean(0), x_train.std(0) + (x_train.std(0) == 0)  # standardise inputs"]
-        lines += ["x_train, x_val = (x_train - mx) / sx, (x_val - mx) / sx"]
+        lines += ["sx = StandardScaler().fit(x_train)  # standardise inputs with train statistics only"]
+        lines += ["x_train, x_val = sx.transform(x_train), sx.transform(x_val)"]
     if d.scale_y:
-        lines += ["my, sy = y_train.mean(), y_train.std()  # standardise the target: the textbook fix"]
-        lines += ["y_train, y_val = (y_train - my) / sy, (y_val - my) / sy"]
+        lines += ["sy = StandardScaler().fit(y_train[:, None])  # standardise the target: the textbook fix"]
+        lines += ["y_train, y_val = sy.transform(y_train[:, None])[:, 0], sy.transform(y_val[:, None])[:, 0]"]
     lines += ["x_train, x_val, y_train, y_val = (torch.tensor(a, dtype=torch.float32)"]
     lines += ["                                  for a in (x_train, x_val, y_train, y_val))"]
     return "\n".join(lines) + "\n"
 
 
-def _init_code(spec: RunSpec, weights: list[str], biases: list[str], out: str) -> list[str]:
+def _init_code(spec: RunSpec, hidden: list[str], out: str, biases: list[str], drawn: list[str]) -> list[str]:
+    """models.init_params line for line: hidden weights in order, the output weight, then the biases.
+
+    drawn: (weight, bias) module names whose bias torch_default draws like nn.Linear, after every weight.
+    """
     m = spec.model
-    lines = ["with torch.no_grad():  # Keras-style init: hidden weights as chosen, glorot output, zero biases"]
-    if m.init in _INIT:
-        for w in weights:
-            lines.append("    " + _INIT[m.init].format(w))
-    if m.init_scale != 1:
-        lines += [f"    {w}.mul_({m.init_scale!r})" for w in weights]
-    if m.init != "torch_default":
-        lines += [f"    {b}.zero_()" for b in biases]
-    lines += [f"    nn.init.xavier_uniform_({out}.weight)", f"    {out}.bias.zero_()"]
+    lines = [
+        f"gen = torch.Generator().manual_seed({spec.seed})  # clipviz's init stream: the dashboard's weights",
+        "with torch.no_grad():  # hidden weights as chosen, glorot_uniform output (Keras' default), zero biases",
+    ]
+    for w in hidden:
+        lines.append("    " + _INIT[m.init].format(w))
+        if m.init_scale != 1:
+            lines.append(f"    {w}.mul_({m.init_scale!r})")
+    lines.append(f"    nn.init.xavier_uniform_({out}, generator=gen)")
+    for b in biases:
+        lines.append(f"    {b}.zero_()")
+    if m.init == "torch_default":
+        for mod in drawn:
+            lines.append(f"    bound = 1 / math.sqrt({mod}.weight.shape[1])  # nn.Linear's bias init")
+            lines.append(f"    {mod}.bias.uniform_(-bound, bound, generator=gen)")
     return lines
 
 
@@ -101,68 +119,52 @@ def _model_code(spec: RunSpec) -> str:
             f"model = Net(x_train.shape[-1], {m.width})",
         ]
         r = "model.rnn."
-        lines += _init_code(
-            spec, [r + "weight_ih_l0", r + "weight_hh_l0"], [r + "bias_ih_l0", r + "bias_hh_l0"], "model.out"
-        )
+        biases = [r + "bias_ih_l0", r + "bias_hh_l0", "model.out.bias"]
+        lines += _init_code(spec, [r + "weight_ih_l0", r + "weight_hh_l0"], "model.out.weight", biases, [])
         return "\n".join(lines) + "\n"
+    hidden = [f"model[{2 * i}]" for i in range(m.depth)]  # Sequential: Linear, activation, Linear, ...
     lines = [
         f"sizes = [x_train.shape[-1]] + [{m.width}] * {m.depth}",
         "hidden = [nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:])]",
         f"model = nn.Sequential(*[mod for lin in hidden for mod in (lin, {_ACT[m.activation]}())], "
         "nn.Linear(sizes[-1], 1))",
     ]
-    init = _init_code(spec, ["lin.weight"], ["lin.bias"], "model[-1]")
-    per_layer = ["    " + x for x in init[1:-2]]
-    lines += [init[0], *(["    for lin in hidden:", *per_layer] if per_layer else []), *init[-2:]]
+    layers = [*hidden, "model[-1]"]
+    biases = [f"{x}.bias" for x in layers] if m.init != "torch_default" else []
+    lines += _init_code(spec, [f"{x}.weight" for x in hidden], "model[-1].weight", biases, layers)
     return "\n".join(lines) + "\n"
 
 
-def _clip_code(spec: RunSpec) -> tuple[str, str, str]:
-    """(import line, set-up line, the line between backward() and step())."""
-    c = spec.clip
-    t = c.threshold
-    return {
-        "none": ("", "", "# no clipping"),
-        "value": ("", "", f"torch.nn.utils.clip_grad_value_(model.parameters(), clip_value={t!r})  # Keras clipvalue"),
-        "norm": ("", "", f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={t!r})  # global_clipnorm"),
-        "tensor-norm": ("from clipviz.clipping import clip_grad_norm_per_tensor_", "",
-                        f"clip_grad_norm_per_tensor_(model.parameters(), max_norm={t!r})  # Keras 3 clipnorm"),
-        "agc": ("from clipviz.clipping import adaptive_grad_clip_", "",
-                f"adaptive_grad_clip_(model.parameters(), clipping={t!r})  # AGC, Brock et al. 2021"),
-        "autoclip": ("from clipviz.clipping import AutoClip", f"clipper = AutoClip(percentile={t!r})",
-                     "clipper(model.parameters())  # AutoClip, Seetharaman et al. 2020"),
-        "zclip": ("from clipviz.clipping import ZClip", f"clipper = ZClip(z_thresh={t!r})",
-                  "clipper(model.parameters())  # ZClip, Kumar et al. 2025"),
-    }[c.strategy]  # fmt: skip
-
-
 def code_snippet(spec: RunSpec) -> str:
-    """A plain-PyTorch script that trains this run (same data, model, optimizer and clipping)."""
+    """A plain-PyTorch script that reproduces this run: same data, initial weights, minibatch order,
+    optimizer and clipping (the registry's torch call for the strategy), so it prints the dashboard's losses."""
     o = spec.optim
-    imp, setup, clip = _clip_code(spec)
-    head = f'"""{spec.name}: {o.epochs} epochs of {o.name}, exported from clipviz."""\n\nimport torch\nfrom torch import nn\n'
+    imp, setup, clip = REGISTRY[spec.clip.strategy].export_lines(spec.clip.threshold)
+    head = f'"""{spec.name}: {o.epochs} epochs of {o.name}, exported from clipviz."""\n\n'
+    head += "import math\n\n" if spec.model.init == "torch_default" else ""
+    head += "import torch\nfrom torch import nn\n"
     head += f"{imp}\n" if imp else ""
     body = [
         head,
         _data_code(spec),
-        f"torch.manual_seed({spec.seed})",
         _model_code(spec),
         "opt = " + _OPT[o.name].format(lr=o.lr, momentum=o.momentum),
         "loss_fn = nn.MSELoss()",
         *([setup] if setup else []),
+        f"shuffle = torch.Generator().manual_seed({spec.seed + SHUFFLE_OFFSET})  # clipviz's minibatch order stream",
         f"for epoch in range({o.epochs}):",
-        "    order, total, steps = torch.randperm(len(x_train)), 0.0, 0",
+        "    order, total, steps = torch.randperm(len(x_train), generator=shuffle), 0.0, 0",
         f"    for i in range(0, len(x_train), {o.batch_size}):",
         f"        idx = order[i : i + {o.batch_size}]",
         "        opt.zero_grad()",
         "        loss = loss_fn(model(x_train[idx]).squeeze(-1), y_train[idx])",
         "        loss.backward()",
-        f"        {clip}",
+        *("        " + line for line in clip.splitlines()),
         "        opt.step()",
         "        total, steps = total + loss.item(), steps + 1",
         "    with torch.no_grad():",
         "        val = loss_fn(model(x_val).squeeze(-1), y_val).item()",
-        "    print(f'epoch {epoch + 1}: train loss {total / steps:.4g}, validation loss {val:.4g}')",
+        "    print(f'epoch {epoch + 1}: train loss {total / steps:.8g}, validation loss {val:.8g}')",
     ]
     return "\n".join(body) + "\n"
 
@@ -197,7 +199,8 @@ def render_export(
     by_clip = {r.clip.label: r for r in reversed(runs)}  # one per clip setting (its first seed)
     picks = list(reversed(by_clip.values()))
     st.caption("A plain PyTorch script per run: torch.nn.utils.clip_grad_* where torch has it, clipviz's drop-ins "
-               "for the rest. Same data, model, initialisation scheme, optimizer and clipping.")  # fmt: skip
+               "for the rest. Same data, initial weights, minibatch order, optimizer and clipping: it prints the "
+               "losses shown here (value clipping on the unscaled tutorial is chaotic: they part after epoch 1).")  # fmt: skip
     for tab, spec in zip(st.tabs([r.clip.label for r in picks]), picks):  # tabs, not a picker: nothing goes stale
         code = code_snippet(spec)
         tab.code(code, language="python")
