@@ -2,14 +2,20 @@
 
 Runs share data, model shape and batching; each has its own clip, lr and seed
 (runs with equal seeds share initial weights and minibatch order, so a comparison
-differs only in what the user varied). Per step: forward, autograd backward,
-clip (per strategy group), optimizer step. Metrics stay on the device and are read
-back once per epoch. A run whose loss or gradient norm turns non-finite is marked
-diverged (epoch, step) and frozen; the others go on.
+differs only in what the user varied). Per step: forward, backward, clip (per
+strategy group), optimizer step, all on one flat [K, P] parameter buffer and one
+[K, P] gradient buffer. The MLP is seed-grouped with a hand-written backward
+(grouped.py: runs sharing a seed share one wide GEMM); the RNN uses autograd.
+Metrics stay on the device and are read back once per epoch. A run whose loss or
+gradient norm turns non-finite is marked diverged (epoch, step) and frozen; the
+others go on.
 """
 
 from __future__ import annotations
 
+import ctypes
+import itertools
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +28,7 @@ from torch import Tensor
 from . import clipping
 from .config import Caps, RunSpec, validate_runs
 from .data import Dataset, load_dataset
+from .grouped import GroupedMLP
 from .models import forward, init_params, param_names
 from .optim import make_optimizer
 from .records import VALUE_EDGES, EpochRecord, RunResult, group_records
@@ -45,6 +52,29 @@ def value_bins(x: Tensor) -> Tensor:
     o = ((b >> 23) & 255).sub_(127).clamp_(-15, 14).add_(15)  # 0: |x| < 2^-14 ... 29: |x| >= 2^14
     idx = torch.where(b < 0, 29 - o, o + 30)  # negative side mirrored: 0 = most negative
     return torch.where(torch.isnan(x), _N_VALUE_BINS - 1, idx).long()
+
+
+_HEAP_TUNED = False
+
+
+def _reuse_freed_memory() -> None:
+    """Ask glibc to keep freed blocks for reuse instead of unmapping / trimming them (once per process).
+
+    Each step allocates and frees the same few 100 KB-10 MB tensors; glibc's default serves those with
+    fresh mmap()s or trims them off the heap, so every step page-faults its memory back in: measured here,
+    a 125-run tutorial chunk ran 2.0x slower per step (and validation 3.8x) than with this setting. The cost
+    is that the process keeps its peak heap instead of returning it to the OS. A no-op off glibc.
+    """
+    global _HEAP_TUNED
+    if _HEAP_TUNED:
+        return
+    _HEAP_TUNED = True
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 28)  # M_MMAP_THRESHOLD: blocks under 256 MiB come from the heap
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of free heap top (a C int)
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows): keep the default allocator
+        pass
 
 
 def resolve_device(device: str) -> torch.device:
@@ -88,6 +118,7 @@ class Engine:
         self.runs = list(runs)
         validate_runs(self.runs, caps)
         self.device = resolve_device(device)
+        _reuse_freed_memory()
         self.record = record
         self.histograms = record and histograms  # value histograms: a binning pass over every step's gradients
         # stop is checked between steps: a stopped epoch is dropped whole (no record pretends a part
@@ -107,40 +138,63 @@ class Engine:
         self.xv, self.yv = ds.x_val.to(dev), ds.y_val.to(dev)
         n_in = ds.x_train.shape[-1]
         self.names = param_names(self.model)
-        per_run = [init_params(self.model, n_in, r.seed) for r in self.runs]
-        self.layout = clipping.Layout([t.shape for t in per_run[0]], dev)
-        # all K runs' parameters in one flat leaf [K, P]; the model sees per-tensor views of it, so autograd
-        # returns one [K, P] gradient and every elementwise step (clip, mask, optimizer) is one op
-        self.flat = torch.stack([self.layout.flatten([t.unsqueeze(0) for t in ts])[0] for ts in per_run])
-        self.flat = self.flat.to(dev).requires_grad_(True)
-        self.opt = make_optimizer([r.optim for r in self.runs], [self.flat])
-        self.k = len(self.runs)
-        strategies = [r.clip.strategy for r in self.runs]
-        thr = torch.tensor([r.clip.threshold or 0.0 for r in self.runs], dtype=torch.float32, device=dev)
-        self.clipper = clipping.Clipper(strategies, thr, self.layout)
-        # distinct seeds -> their own minibatch order; runs map to a row of the order table
+        self.k = k = len(self.runs)
+        # inside, runs sit in blocks of one strategy (the clipper's groups are then views, not gathers) and,
+        # within a block, runs that share a seed sit next to each other (they share data rows: one wide
+        # GEMM); `perm[i]` is the caller's index of inner run i, records go out under the caller's index
         self.seeds = list(dict.fromkeys(r.seed for r in self.runs))
-        self.seed_row = torch.tensor([self.seeds.index(r.seed) for r in self.runs], device=dev)
+        strategies = list(dict.fromkeys(r.clip.strategy for r in self.runs))
+        key = [(strategies.index(r.clip.strategy), self.seeds.index(r.seed)) for r in self.runs]
+        self.perm = sorted(range(k), key=key.__getitem__)  # stable
+        self.inner = [self.runs[i] for i in self.perm]
+        # groups of d runs with one seed each; d = gcd of the same-seed stretches, so all groups are one size
+        stretches = [len(list(g)) for _, g in itertools.groupby(r.seed for r in self.inner)]
+        d = math.gcd(*stretches)
+        self.n_groups = k // d
+        group_seed = [self.seeds.index(self.inner[g * d].seed) for g in range(self.n_groups)]
+        self.group_seed = torch.tensor(group_seed, device=dev)  # [G] row of the epoch's order table
+        self.one_group_per_seed = group_seed == list(range(len(self.seeds)))  # then the order table is per group
+        self.run_seed = torch.tensor([self.seeds.index(r.seed) for r in self.inner], device=dev)  # [K]
+        per_run = [init_params(self.model, n_in, r.seed) for r in self.inner]
+        self.layout = clipping.Layout([t.shape for t in per_run[0]], dev)
+        # all K runs' parameters in one flat buffer [K, P] and their gradients in another: every
+        # elementwise step (clip, mask, optimizer) is one op over all runs and tensors
+        self.flat = torch.stack([self.layout.flatten([t.unsqueeze(0) for t in ts])[0] for ts in per_run]).to(dev)
+        self.grad = torch.zeros_like(self.flat)
+        self.opt = make_optimizer([r.optim for r in self.inner], self.flat)
+        thr = torch.tensor([r.clip.threshold or 0.0 for r in self.inner], dtype=torch.float32, device=dev)
+        self.clipper = clipping.Clipper([r.clip.strategy for r in self.inner], thr, self.layout)
+        if self.model.kind == "mlp":  # hand-written backward; the inputs carry a ones column for the bias
+            self.net = GroupedMLP(self.model.activation, self.layout, self.flat, self.grad, self.n_groups)
+            self.x = torch.cat([self.x, torch.ones_like(self.x[:, :1])], 1)
+            self.xv = torch.cat([self.xv, torch.ones_like(self.xv[:, :1])], 1)
+        else:  # the RNN: autograd through models.forward
+            self.net = None
+            self.flat.requires_grad_(True)
         self.gens = [shuffle_generator(s) for s in self.seeds]
         self.n = self.x.shape[0]
         self.steps_per_epoch = -(-self.n // self.batch)
-        self.alive = torch.ones(self.k, dtype=torch.bool, device=dev)
-        self.div_step = torch.full((self.k,), -1, dtype=torch.long, device=dev)
-        self.reported_dead: set[int] = set()
+        self.alive = torch.ones(k, dtype=torch.bool, device=dev)  # inner order
+        self.div_step = torch.full((k,), -1, dtype=torch.long, device=dev)  # inner order, -1 = alive
+        self.reported_dead: set[int] = set()  # caller's indices
         self.epoch = 0
+        self.hist_steps = max(1, HIST_CHUNK // max(1, self.flat.numel()))  # steps buffered before binning
+        if self.histograms:
+            shape = (min(self.hist_steps, self.steps_per_epoch), k, self.layout.numel)
+            self.hist_buf = torch.empty((2, *shape), device=dev)  # pre / post clip values of buffered steps
+            self.bin_offset = (torch.arange(k, device=dev) * _N_VALUE_BINS).view(1, 1, k, 1)
 
     @property
     def params(self) -> list[Tensor]:
-        """Per-tensor [K, ...] views of the current parameters (detached)."""
-        return self.layout.split(self.flat.detach())
+        """Per-tensor [K, ...] copies of the current parameters, in the caller's run order."""
+        inv = torch.tensor([self.perm.index(i) for i in range(self.k)], device=self.device)
+        return self.layout.split(self.flat.detach()[inv])
 
-    def _bin_into(self, counts: Tensor, vals: list[Tensor]) -> None:
-        """Add the value-bin counts of buffered gradients (n x [K, P]) into counts [K, bins]; empties vals."""
-        if not vals:
-            return
-        x = torch.stack(vals, 1).reshape(self.k, -1)  # [K, n*P]: one binning pass for the buffered steps
-        counts.scatter_add_(1, value_bins(x), torch.ones(x.shape, dtype=torch.long, device=x.device))
-        vals.clear()
+    def _bin_into(self, counts: Tensor, n: int) -> None:
+        """Add the value-bin counts of the n buffered steps (pre and post) into counts [2, K, bins]."""
+        idx = value_bins(self.hist_buf[:, :n]).add_(self.bin_offset)  # [2, n, K, P]: run k's bins at k*bins
+        idx[1] += self.k * _N_VALUE_BINS  # post-clip counts after the pre-clip ones
+        counts += torch.bincount(idx.view(-1), minlength=counts.numel()).view(counts.shape)
 
     def _interrupted(self, last_hold: float) -> tuple[bool, float]:
         """Between steps: (stop now?, time of the last hold call). Host-only, no device sync."""
@@ -152,106 +206,141 @@ class Engine:
             last_hold = time.perf_counter()
         return False, last_hold
 
+    def _grads(self, xs: Tensor, ys: Tensor, lo: int, hi: int) -> tuple[Tensor, Tensor]:
+        """This step's per-run loss [K] and gradient [K, P]."""
+        if self.net is not None:
+            return self.net.loss_and_grad(xs[:, lo:hi], ys[:, lo:hi]), self.grad
+        xb = xs[lo:hi] if xs.dim() == self.x.dim() else xs[:, lo:hi]  # shared rows, or per run
+        pred = forward(self.model, self.layout.split(self.flat), xb)  # [K, B]
+        loss = F.mse_loss(pred, ys[:, lo:hi], reduction="none").mean(1)  # [K] per-run MSE
+        (g,) = torch.autograd.grad(loss.sum(), self.flat)  # [K, P]
+        return loss.detach(), g
+
+    def _epoch_data(self) -> tuple[Tensor, Tensor]:
+        """The epoch's shuffled rows: per group [G, N, ...] (mlp), else shared [N, ...] or per run [K, N, ...]."""
+        order = torch.stack([epoch_order(g, self.n) for g in self.gens]).to(self.device)  # [seeds, N]
+        if self.net is not None:  # one gather per seed, not per run
+            o = order if self.one_group_per_seed else order[self.group_seed]
+            return self.x[o], self.y[o]
+        if len(self.seeds) == 1:
+            return self.x[order[0]], self.y[order[0]].expand(self.k, -1)
+        rows = order[self.run_seed]  # [K, N]
+        return self.x[rows], self.y[rows]
+
     def _epoch(self) -> list[EpochRecord] | None:
         """Train one epoch and return its records; None if stopped part-way (the epoch is dropped)."""
-        k, dev, rec = self.k, self.device, self.record
-        # [n_seeds, N] -> each run's row of the order table
-        order = torch.stack([epoch_order(g, self.n) for g in self.gens]).to(dev)
-        shared = len(self.seeds) == 1
-        if shared:
-            xs, ys = self.x[order[0]], self.y[order[0]].expand(k, -1)
-        else:
-            rows = order[self.seed_row]  # [K, N]
-            xs, ys = self.x[rows], self.y[rows]
-        losses, pres, posts, tnorms, clipped, fracs = [], [], [], [], [], []
-        pre_vals, post_vals = [], []  # buffered steps' [K, P] gradient values before / after clipping
-        hist = torch.zeros(2, k, _N_VALUE_BINS, dtype=torch.long, device=dev) if self.histograms else None
-        chunk = max(1, HIST_CHUNK // max(1, self.flat.numel()))  # steps buffered before binning
-        base = self.epoch * self.steps_per_epoch
+        k, dev, rec, hist = self.k, self.device, self.record, self.histograms
+        xs, ys = self._epoch_data()
+        losses, oks, pres, posts, tnorms, clipped, fracs = [], [], [], [], [], [], []
+        counts = torch.zeros(2, k, _N_VALUE_BINS, dtype=torch.long, device=dev) if hist else None
+        alive0, n_buf = self.alive.clone(), 0
         last_hold = time.perf_counter()
         for s in range(self.steps_per_epoch):
             stopped, last_hold = self._interrupted(last_hold)
             if stopped:
                 return None
-            lo, hi = s * self.batch, min(self.n, (s + 1) * self.batch)
-            xb = xs[lo:hi] if shared else xs[:, lo:hi]
-            pred = forward(self.model, self.layout.split(self.flat), xb)  # [K, B]
-            loss = F.mse_loss(pred, ys[:, lo:hi], reduction="none").mean(1)  # [K] per-run MSE
-            (g,) = torch.autograd.grad(loss.sum(), self.flat)  # [K, P]
-            if self.histograms:
-                pre_vals.append(g.clone())
+            loss, g = self._grads(xs, ys, s * self.batch, min(self.n, (s + 1) * self.batch))
+            if hist:
+                self.hist_buf[0, n_buf].copy_(g)
             stats = self.clipper(g, self.flat.detach() if self.clipper.needs_params else None)
             ok = torch.isfinite(loss + stats.pre_norm)  # both are >= 0: the sum is finite iff both are
-            self.div_step = torch.where(self.alive & ~ok, base + s, self.div_step)
-            self.alive = self.alive & ok
+            self.alive &= ok
             # a frozen run steps with zeros (its grads may hold NaN): its optimizer state stays finite
-            self.opt.step([g.masked_fill(~self.alive.unsqueeze(1), 0.0)], self.alive)
-            losses.append(loss.detach())
-            if self.histograms:
-                post_vals.append(g)
-                if len(post_vals) >= chunk:
-                    self._bin_into(hist[0], pre_vals)
-                    self._bin_into(hist[1], post_vals)
+            self.opt.step(g.masked_fill_(~self.alive.unsqueeze(1), 0.0), self.alive)
+            losses.append(loss)
+            oks.append(ok)
+            if hist:
+                self.hist_buf[1, n_buf].copy_(g)
+                n_buf += 1
+                if n_buf == self.hist_buf.shape[1]:
+                    self._bin_into(counts, n_buf)
+                    n_buf = 0
             if rec:
                 pres.append(stats.pre_norm)
                 posts.append(stats.post_norm)
                 tnorms.append(stats.tensor_norms)
                 clipped.append(stats.clipped)
                 fracs.append(stats.frac_elements)
+        if hist and n_buf:
+            self._bin_into(counts, n_buf)
+        # the first non-finite step of each run that was alive when the epoch began
+        bad = ~torch.stack(oks)  # [S, K]
+        died = alive0 & bad.any(0)
+        self.div_step = torch.where(died, self.epoch * self.steps_per_epoch + bad.int().argmax(0), self.div_step)
         with torch.no_grad():
-            val = (forward(self.model, self.params, self.xv) - self.yv).pow(2).mean(1)
+            val = self._val_loss()
         # one host sync per epoch: everything read back in a single transfer
-        parts = [torch.stack(losses).double(), val.double(), self.div_step.double()]
+        parts = [torch.stack(losses), val, self.div_step]
         if rec:
-            parts += [torch.stack(t).double() for t in (pres, posts, tnorms, clipped, fracs)]
-            if self.histograms:
-                self._bin_into(hist[0], pre_vals)
-                self._bin_into(hist[1], post_vals)
-                parts += [hist[0].double(), hist[1].double()]
-        flat = torch.cat([p.reshape(-1) for p in parts]).cpu().numpy()
-        cuts = np.cumsum([p.numel() for p in parts])[:-1]
-        # numpy from here: per-run slicing of small host arrays is ~10x cheaper than torch indexing
-        host = [c.reshape(p.shape) for c, p in zip(np.split(flat, cuts), parts, strict=True)]
+            parts += [torch.stack(t) for t in (pres, posts, tnorms, clipped, fracs)]
+            if hist:
+                parts += [counts[0], counts[1]]
+        host = _read_back(parts)
         self.epoch += 1
         return self._records(host)
 
+    def _val_loss(self) -> Tensor:
+        """Validation MSE per run [K] (inner order)."""
+        if self.net is not None:
+            pred, _ = self.net.forward(self.xv.expand(self.n_groups, -1, -1))  # [K, 1, Nv]
+            return (pred.view(self.k, -1) - self.yv).pow(2).mean(1)
+        return (forward(self.model, self.params_inner, self.xv) - self.yv).pow(2).mean(1)
+
+    @property
+    def params_inner(self) -> list[Tensor]:
+        return self.layout.split(self.flat.detach())
+
     def _records(self, host: list[np.ndarray]) -> list[EpochRecord]:
-        s_n, e = self.steps_per_epoch, self.epoch
+        """EpochRecords from the host arrays (inner order), vectorised over runs, out in the caller's order."""
+        s_n, e, rec, hist = self.steps_per_epoch, self.epoch, self.record, self.histograms
         loss, val, div = host[0], host[1], host[2].astype(np.int64)
+        mean_loss = loss.mean(0).tolist()
+        if rec:
+            pre, post, tn, clipped, frac = host[3:8]
+            pre_l, post_l = pre.T.tolist(), post.T.tolist()
+            layer_l, rate_l, frac_l = tn.mean(0).tolist(), clipped.mean(0).tolist(), frac.mean(0).tolist()
+            if hist:
+                h_pre, h_post = host[8].astype(np.int64).tolist(), host[9].astype(np.int64).tolist()
+        now = time.perf_counter() - self.t0
+        inner_of = {r: i for i, r in enumerate(self.perm)}
         out = []
         for r in range(self.k):
             if r in self.reported_dead:
                 continue
-            d = int(div[r])
-            diverged = None
-            n_steps = s_n
+            i = inner_of[r]
+            d = int(div[i])
+            diverged, n = None, s_n
             if d >= 0:
                 diverged = (d // s_n + 1, d % s_n + 1)
                 self.reported_dead.add(r)
-                n_steps = d % s_n + 1  # the epoch's loss counts steps up to the first non-finite one
-            step_loss = loss[:n_steps, r]
-            kw = {}
-            if self.record:
-                pre, post, tn, clipped, frac = host[3:8]
+                n = d % s_n + 1  # the epoch's loss counts steps up to the first non-finite one
+            kw = dict(grad_norm_pre=[], grad_norm_post=[], layer_norms={}, clip_rate=0.0, elem_clip_frac=0.0)
+            if rec and n == s_n:
                 kw = dict(
-                    grad_norm_pre=pre[:n_steps, r].tolist(),
-                    grad_norm_post=post[:n_steps, r].tolist(),
-                    layer_norms=dict(zip(self.names, tn[:n_steps, r].mean(0).tolist(), strict=True)),
-                    clip_rate=float(clipped[:n_steps, r].mean()),
-                    elem_clip_frac=float(frac[:n_steps, r].mean()),
-                    value_hist_pre=host[8][r].astype(np.int64).tolist() if self.histograms else [],
-                    value_hist_post=host[9][r].astype(np.int64).tolist() if self.histograms else [],
+                    grad_norm_pre=pre_l[i],
+                    grad_norm_post=post_l[i],
+                    layer_norms=dict(zip(self.names, layer_l[i], strict=True)),
+                    clip_rate=rate_l[i],
+                    elem_clip_frac=frac_l[i],
                 )
-            else:
-                kw = dict(grad_norm_pre=[], grad_norm_post=[], layer_norms={}, clip_rate=0.0, elem_clip_frac=0.0)
+            elif rec:
+                kw = dict(
+                    grad_norm_pre=pre[:n, i].tolist(),
+                    grad_norm_post=post[:n, i].tolist(),
+                    layer_norms=dict(zip(self.names, tn[:n, i].mean(0).tolist(), strict=True)),
+                    clip_rate=float(clipped[:n, i].mean()),
+                    elem_clip_frac=float(frac[:n, i].mean()),
+                )
+            if hist:
+                kw.update(value_hist_pre=h_pre[i], value_hist_post=h_post[i])
             out.append(
                 EpochRecord(
                     run=r,
                     label=self.runs[r].name,
                     epoch=e,
-                    train_loss=float(step_loss.mean()),
-                    val_loss=float(val[r]),
-                    wall_time=time.perf_counter() - self.t0,
+                    train_loss=mean_loss[i] if n == s_n else float(loss[:n, i].mean()),
+                    val_loss=float(val[i]),
+                    wall_time=now,
                     diverged=diverged,
                     **kw,
                 )
@@ -269,6 +358,17 @@ class Engine:
             if recs is None:
                 return  # stopped mid-epoch: the partial epoch is not reported
             yield from recs
+
+
+def _read_back(parts: list[Tensor]) -> list[np.ndarray]:
+    """Copy the epoch's device tensors to the host in ONE transfer, as float64 numpy arrays of their shapes."""
+    sizes = [p.numel() for p in parts]
+    buf = torch.empty(sum(sizes), dtype=torch.float64, device=parts[0].device)
+    for dst, p in zip(buf.split(sizes), parts, strict=True):
+        dst.view(p.shape).copy_(p)
+    flat = buf.cpu().numpy()
+    # numpy from here: per-run slicing of small host arrays is ~10x cheaper than torch indexing
+    return [c.reshape(p.shape) for c, p in zip(np.split(flat, np.cumsum(sizes)[:-1]), parts, strict=True)]
 
 
 def train(runs: Sequence[RunSpec], **kwargs) -> list[RunResult]:
