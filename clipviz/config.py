@@ -203,18 +203,64 @@ def param_count(model: ModelSpec, n_in: int) -> int:
     return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
-def validate_run(spec: RunSpec, caps: Caps | None = None) -> None:
-    """Raise ConfigError naming the first setting that cannot run (or that passes a cap)."""
+def _check_cap(value: Any, lo: int, cap: str, caps: Caps, what: str) -> None:
+    """A whole number from lo up to the cap `cap` (a Caps field), with a message naming the cap."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{what} must be a whole number, got {value!r}")
+    if value < lo:
+        raise ConfigError(f"{what} must be at least {lo:,}, got {value:,}")
+    if value > getattr(caps, cap):
+        raise ConfigError(f"{what} {value:,} asked for, over the cap {cap}={getattr(caps, cap):,}")
+
+
+def split_point(n: int, fraction: float) -> int:
+    """First int(n * fraction) rows train, the rest validate; both parts must be non-empty."""
+    n_train = int(n * fraction)
+    if n_train < 1 or n - n_train < 1:
+        need = next(m for m in range(2, 10**7) if 1 <= int(m * fraction) < m)
+        raise ConfigError(
+            f"{n:,} row{'s' if n != 1 else ''} cannot be split into train and validation with train fraction "
+            f"{fraction:g}: at least {need:,} rows are needed"
+        )
+    return n_train
+
+
+def data_width(d: DataSpec) -> int | None:
+    """Input features per step that the spec alone implies; None for a CSV (its header says: data.input_dim)."""
+    return {"adding": 2, "diabetes": 10, "csv": None}.get(d.name, d.n_features)
+
+
+def check_data(d: DataSpec, caps: Caps | None = None) -> None:
+    """The one place data settings are checked: validate_run and data.load_dataset both call it."""
     caps = caps or Caps.from_env()
-    d, m, o = spec.data, spec.model, spec.optim
     _check_choice(d.name, DATASETS, "dataset")
-    _check_range(d.n_samples, 4, caps.max_rows, "number of samples (cap max_rows)", integer=True)
-    _check_range(d.n_features, 1, caps.max_features, "number of features (cap max_features)", integer=True)
+    # only the fields the dataset uses: a CSV's own rows and columns are capped when it is read
+    if d.name in ("regression", "friedman1", "adding"):
+        _check_cap(d.n_samples, 4, "max_rows", caps, "number of samples (n_samples)")
+    if d.name in ("regression", "friedman1"):
+        _check_cap(d.n_features, 1, "max_features", caps, "number of features (n_features)")
+    if d.name == "adding":
+        _check_cap(d.seq_len, 2, "max_seq_len", caps, "sequence length (seq_len)")
     _check_range(d.noise, 0, 1e6, "noise")
     _check_range(d.train_fraction, 0.05, 0.95, "train fraction")
-    _check_range(d.seq_len, 2, caps.max_seq_len, "sequence length (cap max_seq_len)", integer=True)
+    _check_range(d.random_state, 0, 2**32 - 1, "data seed (random_state)", integer=True)  # numpy's bound
+    if d.name == "friedman1" and d.n_features < 5:
+        raise ConfigError(f"friedman1 needs at least 5 features (its formula uses x0..x4), got {d.n_features}")
+    if d.name in ("regression", "friedman1", "adding"):  # their row count is n_samples
+        split_point(d.n_samples, d.train_fraction)
     if d.name == "csv" and not d.csv_path:
         raise ConfigError("the csv dataset needs a file: upload one first")
+
+
+def validate_run(spec: RunSpec, caps: Caps | None = None, n_in: int | None = None) -> None:
+    """Raise ConfigError naming the first setting that cannot run (or that passes a cap).
+
+    n_in: the loaded dataset's input width; without it the width the data spec implies (a CSV's
+    parameter count is then checked once the file is read: the engine passes n_in).
+    """
+    caps = caps or Caps.from_env()
+    d, m, o = spec.data, spec.model, spec.optim
+    check_data(d, caps)
     _check_choice(m.kind, MODELS, "model")
     if (m.kind == "rnn") != (d.name == "adding"):
         raise ConfigError("the rnn model trains on the sequence (adding) task, and only the rnn does")
@@ -230,20 +276,27 @@ def validate_run(spec: RunSpec, caps: Caps | None = None) -> None:
     _check_range(o.epochs, 1, caps.max_epochs, "epochs (cap max_epochs)", integer=True)
     _check_range(spec.seed, 0, 2**31 - 1, "seed", integer=True)
     spec.clip.validate()
-    n_in = 2 if d.name == "adding" else d.n_features
-    if param_count(m, n_in) > caps.max_params:
-        raise ConfigError(f"model has {param_count(m, n_in):,} parameters, over the cap max_params={caps.max_params:,}")
+    n_in = data_width(d) if n_in is None else n_in
+    if n_in is not None and param_count(m, n_in) > caps.max_params:
+        raise ConfigError(
+            f"model has {param_count(m, n_in):,} parameters ({n_in:,} inputs), over the cap max_params={caps.max_params:,}"
+        )
 
 
-def validate_runs(specs: list[RunSpec] | tuple[RunSpec, ...], caps: Caps | None = None) -> None:
-    """Validate K runs that will train in lockstep: each valid, and all sharing data, model and batching."""
+def validate_runs(
+    specs: list[RunSpec] | tuple[RunSpec, ...], caps: Caps | None = None, n_in: int | None = None
+) -> None:
+    """Validate K runs that will train in lockstep: each valid, and all sharing data, model and batching.
+
+    n_in: the loaded dataset's input width (see validate_run); the engine passes it once the data is loaded.
+    """
     caps = caps or Caps.from_env()
     if not specs:
         raise ConfigError("nothing to train: choose at least one clipping strategy")
     if len(specs) > caps.max_runs:
         raise ConfigError(f"{len(specs)} runs asked for, over the cap max_runs={caps.max_runs}")
     for s in specs:
-        validate_run(s, caps)
+        validate_run(s, caps, n_in)
     first = specs[0]
     for s in specs[1:]:
         if s.data != first.data or s.model != first.model:
@@ -254,7 +307,9 @@ def validate_runs(specs: list[RunSpec] | tuple[RunSpec, ...], caps: Caps | None 
             first.optim.epochs,
         ):
             raise ConfigError("runs trained together must share optimizer, batch size and epochs")
-    n_in = 2 if first.data.name == "adding" else first.data.n_features
+    n_in = data_width(first.data) if n_in is None else n_in
+    if n_in is None:
+        return
     total = len(specs) * param_count(first.model, n_in)
     if total > caps.max_total_params:
         raise ConfigError(

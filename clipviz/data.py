@@ -18,7 +18,7 @@ import torch
 from sklearn.datasets import load_diabetes, make_friedman1, make_regression
 from sklearn.preprocessing import StandardScaler
 
-from clipviz.config import DATASETS, Caps, ConfigError, DataSpec
+from clipviz.config import Caps, ConfigError, DataSpec, check_data, data_width, split_point
 
 MAX_ABS_VALUE = 1e30  # float32 tops out at 3.4e38; beyond this the first squared error overflows anyway
 _MB = 1024 * 1024
@@ -41,22 +41,18 @@ class Dataset:
 
 def input_dim(spec: DataSpec) -> int:
     """Features per step the model sees; for a CSV only its header is read."""
-    if spec.name == "adding":
-        return 2
-    if spec.name == "diabetes":
-        return 10
+    check_data(spec)
     if spec.name == "csv":
         names = _read_header(_need_path(spec))[0]
         _resolve_target(names, spec.target)
         return len(names) - 1
-    _check_spec(spec)
-    return spec.n_features
+    return data_width(spec)
 
 
 def load_dataset(spec: DataSpec, caps: Caps | None = None) -> Dataset:
     """Build, split and (optionally) standardise the dataset the spec names."""
     caps = caps or Caps.from_env()
-    _check_spec(spec)
+    check_data(spec, caps)
     if spec.name == "csv":
         table = read_csv_table(_need_path(spec), caps)
         target = _resolve_target(list(table.columns), spec.target)
@@ -69,12 +65,11 @@ def load_dataset(spec: DataSpec, caps: Caps | None = None) -> Dataset:
         names, target_name = tuple(str(c) for c in table.columns if c != target), target
         what = f"{os.path.basename(spec.csv_path)}: {len(y):,} rows, {x.shape[1]} features, target {target!r}"
     else:
-        _check_caps(spec, caps)
         try:
             x, y, names, target_name, what = _BUILDERS[spec.name](spec)
         except ValueError as exc:  # e.g. a random_state numpy rejects
             raise ConfigError(f"cannot build the {spec.name} dataset: {exc}") from exc
-    n_train = _split_point(len(y), spec.train_fraction)
+    n_train = split_point(len(y), spec.train_fraction)
     x_tr, x_va, y_tr, y_va = x[:n_train], x[n_train:], y[:n_train], y[n_train:]
     y_raw = y_tr.copy()
     if spec.scale_x:
@@ -89,43 +84,6 @@ def load_dataset(spec: DataSpec, caps: Caps | None = None) -> Dataset:
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(a, dtype=np.float32))  # a copy: pandas may hand out read-only arrays
-
-
-def _check_spec(spec: DataSpec) -> None:
-    if spec.name not in DATASETS:
-        raise ConfigError(f"unknown dataset {spec.name!r}; choose from {', '.join(DATASETS)}")
-    for field_name, lo in (("n_samples", 2), ("n_features", 1), ("seq_len", 2), ("random_state", 0)):
-        v = getattr(spec, field_name)
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
-            raise ConfigError(f"{field_name} must be a whole number of at least {lo}, got {v!r}")
-    if not isinstance(spec.noise, (int, float)) or not math.isfinite(spec.noise) or spec.noise < 0:
-        raise ConfigError(f"noise must be a finite number >= 0, got {spec.noise!r}")
-    f = spec.train_fraction
-    if not isinstance(f, (int, float)) or not 0 < f < 1:
-        raise ConfigError(f"train fraction must be between 0 and 1 (exclusive), got {f!r}")
-    if spec.name == "friedman1" and spec.n_features < 5:
-        raise ConfigError(f"friedman1 needs at least 5 features (its formula uses x0..x4), got {spec.n_features}")
-
-
-def _check_caps(spec: DataSpec, caps: Caps) -> None:
-    if spec.name != "diabetes" and spec.n_samples > caps.max_rows:
-        raise ConfigError(f"{spec.n_samples:,} samples asked for, over the cap max_rows={caps.max_rows:,}")
-    if spec.name in ("regression", "friedman1") and spec.n_features > caps.max_features:
-        raise ConfigError(f"{spec.n_features:,} features asked for, over the cap max_features={caps.max_features:,}")
-    if spec.name == "adding" and spec.seq_len > caps.max_seq_len:
-        raise ConfigError(f"sequence length {spec.seq_len:,} asked for, over the cap max_seq_len={caps.max_seq_len:,}")
-
-
-def _split_point(n: int, fraction: float) -> int:
-    """First int(n * fraction) rows train; both parts must be non-empty."""
-    n_train = int(n * fraction)
-    if n_train < 1 or n - n_train < 1:
-        need = next(m for m in range(2, 10**7) if 1 <= int(m * fraction) < m)
-        raise ConfigError(
-            f"{n:,} row{'s' if n != 1 else ''} cannot be split into train and validation with train fraction "
-            f"{fraction:g}: at least {need:,} rows are needed"
-        )
-    return n_train
 
 
 def _standardise(train: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

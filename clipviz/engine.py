@@ -137,6 +137,7 @@ class Engine:
         self.x, self.y = ds.x_train.to(dev), ds.y_train.to(dev)
         self.xv, self.yv = ds.x_val.to(dev), ds.y_val.to(dev)
         n_in = ds.x_train.shape[-1]
+        validate_runs(self.runs, caps, n_in=n_in)  # the caps again, on the data's real width (a CSV's columns)
         self.names = param_names(self.model)
         self.k = k = len(self.runs)
         # inside, runs sit in blocks of one strategy (the clipper's groups are then views, not gathers) and,

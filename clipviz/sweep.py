@@ -188,8 +188,11 @@ def make_sweep(
     if n > MAX_POINTS:
         raise ConfigError(f"this sweep has {n:,} runs, over the limit of {MAX_POINTS:,}: fewer thresholds or seeds")
     caps = caps or Caps.from_env()
+    from .data import input_dim  # local, as in plan_chunks: a CSV's width comes from its header
+
+    n_in = input_dim(base.data)
     for p in {replace(q, seed=base.seed) for q in sweep.points()}:  # one of each setup is enough to validate
-        validate_run(point_spec(sweep, p), caps)
+        validate_run(point_spec(sweep, p), caps, n_in)
     return sweep
 
 

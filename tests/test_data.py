@@ -139,7 +139,7 @@ def test_caps_name_the_cap(spec, needle):
     "spec, needle",
     [
         (DataSpec(name="mnist"), "unknown dataset"),
-        (DataSpec(n_samples=3, train_fraction=0.2), "at least 5 rows"),
+        (DataSpec(n_samples=4, train_fraction=0.2), "at least 5 rows"),
         (DataSpec(n_samples=0), "n_samples"),
         (DataSpec(noise=-1.0), "noise"),
         (DataSpec(train_fraction=1.0), "train fraction"),

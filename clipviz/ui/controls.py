@@ -37,7 +37,7 @@ from ..config import (
     validate_runs,
     with_clips,
 )
-from ..data import read_csv_table
+from ..data import input_dim, read_csv_table
 from ..strategies import REGISTRY
 
 # log-scale slider range of each strategy's one number (the registry's; the tutorial's values sit on the grid)
@@ -193,7 +193,7 @@ def build_runs(v: dict[str, Any], csv_path: str | None, caps: Caps) -> list[RunS
     clips = [ClipSpec(s, None if s == "none" else float(v[thr_key(s)])) for s in v["strategies"]]
     seed, n = int(v["seed"]), int(v["n_seeds"])
     runs = with_clips(RunSpec(data, model, optim), clips, tuple(range(seed, seed + n)))
-    validate_runs(runs, caps)
+    validate_runs(runs, caps, n_in=input_dim(data))  # a CSV's real width (its header), not n_features
     return runs
 
 
