@@ -61,12 +61,18 @@ class GroupedMLP:
         self.wo, self.bo = ws[-2], ws[-1].unsqueeze(-1)  # [K, 1, H], [K, 1, 1]
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
-        """Predictions [K, 1, B] and each hidden layer's (pre-activation, activation), [K, H, B] each."""
+        """Predictions [K, 1, B] and each hidden layer's (pre-activation, activation), [K, H, B] each.
+
+        x: [G, B, in+1] rows per group, or [B, in+1] rows shared by all runs.
+        """
         g, k = self.g, self.g * self.d
         # one copy into GEMM layout: flat holds each run's weights in a row of P, not as a [d*H, in] block
         self.w1[..., : self.n_in].copy_(self.ws[0])
         self.w1[..., self.n_in].copy_(self.ws[1])
-        z = torch.bmm(self.w1.view(g, -1, self.n_in + 1), x.transpose(1, 2)).view(k, self.h, -1)  # [K, H, B]
+        if x.dim() == 2:  # rows shared by every run (validation): one GEMM for all K runs
+            z = torch.mm(self.w1.view(-1, self.n_in + 1), x.t()).view(k, self.h, -1)  # [K, H, B]
+        else:
+            z = torch.bmm(self.w1.view(g, -1, self.n_in + 1), x.transpose(1, 2)).view(k, self.h, -1)
         saved = [(z, self.act(z))]
         for w, b in self.hidden:
             z = torch.baddbmm(b, w, saved[-1][1])

@@ -213,3 +213,23 @@ def test_tutorial_init_is_keras_he_uniform_then_glorot():
     assert abs(float(w1.std()) - he / math.sqrt(3)) < 0.05  # std of U(-a, a) is a/sqrt(3)
     assert w2.abs().max() <= glorot
     assert not b1.any() and not b2.any()  # Keras biases start at zero
+
+
+def test_value_bins_match_the_edges():
+    """The bit-twiddled bin of every special and ordinary value equals a search on records.VALUE_EDGES."""
+    from clipviz.engine import value_bins
+
+    edges = np.asarray(VALUE_EDGES)
+    specials = [0.0, -0.0, math.inf, -math.inf, 1e-30, -1e-30, 2.0**-14, -(2.0**-14), 2.0**14, -(2.0**14), 3e38]
+    x = torch.tensor(
+        specials + list(np.random.default_rng(0).standard_normal(2000) * 10.0 ** np.arange(-6, 6).repeat(167)[:2000])
+    )
+    x = x.float()
+    got = value_bins(torch.cat([x, torch.tensor([math.nan])])).numpy()
+    v = x.double().numpy()
+    # bins closed toward zero on both sides: positive v in [e_i, e_i+1) -> 31 + i ..., mirrored for negative v
+    pos = 30 + np.searchsorted(edges[edges > 0], np.abs(v), side="right")
+    neg = 29 - np.searchsorted(edges[edges > 0], np.abs(v), side="right")
+    want = np.where(np.signbit(v), neg, pos)
+    np.testing.assert_array_equal(got[:-1], want)
+    assert got[-1] == len(VALUE_EDGES) + 1  # NaN: the last bin
