@@ -170,9 +170,7 @@ class BackgroundJob:
             log.exception("clipviz %s job %s failed", self.kind, self.id)
             state, error = "failed", f"{type(exc).__name__}: {exc}"
         finally:
-            with self._cond:
-                self._set_locked(state=state, error=error)
-            self._finish()
+            self._finish(state, error)
 
     def _set_locked(self, **changes) -> None:
         for k, v in changes.items():
@@ -185,15 +183,22 @@ class BackgroundJob:
             if pos != self._queue_position:
                 self._set_locked(queue_position=pos)
 
-    def _finish(self) -> None:
-        """Release the manager's slot, then tell the owner; exactly once, never under the job's lock."""
+    def _finish(self, state: str | None = None, error: str | None = None) -> None:
+        """Release the manager's slot, publish the final `state` (unless the caller already did), then tell the
+        owner; exactly once, never under the job's lock. The slot goes first so that whoever sees the job
+        finished also sees its slot free."""
         with self._cond:
             if self._hooks_ran:
                 return
             self._hooks_ran = True
-        calls = [(hook, self) for hook in self._hooks]
+        self._call([(hook, self) for hook in self._hooks])
+        if state is not None:
+            with self._cond:
+                self._set_locked(state=state, error=error)
         if self._on_done is not None:
-            calls.append((self._on_done, self.snapshot()))
+            self._call([(self._on_done, self.snapshot())])
+
+    def _call(self, calls: list) -> None:
         for fn, arg in calls:
             try:
                 fn(arg)
