@@ -13,6 +13,7 @@ from dataclasses import replace
 import streamlit as st
 
 from clipviz.config import Caps, ClipSpec, ConfigError
+from clipviz.text import md_escape
 from clipviz.ui import charts, controls, export, lesson, state
 from clipviz.ui.cliff_view import render_cliff
 from clipviz.ui.sweep_view import render_sweep
@@ -22,10 +23,10 @@ state.init_session()
 try:
     caps = Caps.from_env()
 except ConfigError as exc:
-    st.error(f"Server configuration problem: {exc}")
+    st.error(f"Server configuration problem: {md_escape(exc)}")
     st.stop()
-if "url_problems" not in st.session_state:  # a shared link's values, checked once before the widgets read them
-    st.session_state.url_problems = controls.audit_url({k: st.query_params.get_all(k) for k in st.query_params}, caps)
+if "url_problems" not in st.session_state:  # a shared link's values, checked once before any widget reads them
+    st.session_state.url_problems = controls.sanitize_url(caps)
 store = state.store()
 state.ingest_finished()
 
@@ -48,8 +49,8 @@ runs, setup_error, csv_path = None, None, None
 try:
     csv_path = controls.uploaded_csv(caps)
 except ConfigError as exc:
-    st.sidebar.error(f"CSV file rejected: {exc}")
     setup_error = f"CSV file rejected: {exc}"
+    st.sidebar.error(md_escape(setup_error))
 try:
     runs = controls.build_runs(values, csv_path, caps)
 except ConfigError as exc:
@@ -100,12 +101,11 @@ bar[5].button("5 seeds", key="repeat_seeds", icon=":material/replay:", disabled=
               help="train each setting with 5 seeds: the Seeds view shows median and spread")  # fmt: skip
 
 if st.session_state.url_problems:
-    st.error("  \n".join(st.session_state.url_problems), icon=":material/link_off:")
-for err in (setup_error, start_error):
+    st.error("  \n".join(map(md_escape, st.session_state.url_problems)), icon=":material/link_off:")
+# messages quote what the user chose (a link value, a CSV column): always shown escaped, never as markdown
+for err in (setup_error, start_error, st.session_state.job_error):
     if err:
-        st.error(err)
-if st.session_state.job_error:
-    st.error(st.session_state.job_error)
+        st.error(md_escape(err))
 while st.session_state.notices:
     kind, text = st.session_state.notices.pop(0)
     getattr(st, kind)(text)
@@ -271,7 +271,7 @@ with tab_hist:
 
 with tab_sweep:
     if runs is None:
-        st.error(setup_error or "Fix the setup in the sidebar first.")
+        st.error(md_escape(setup_error) if setup_error else "Fix the setup in the sidebar first.")
     else:
         render_sweep(replace(runs[0], clip=ClipSpec("none"), label=""))
 

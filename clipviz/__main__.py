@@ -9,7 +9,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .config import PRESETS, ClipSpec, ConfigError, DataSpec, RunSpec, validate_runs, with_clips
+from .config import PRESETS, Caps, ClipSpec, ConfigError, DataSpec, RunSpec, validate_runs, with_clips
 from .strategies import REGISTRY
 from .sweep import (
     DEFAULT_CHUNK,
@@ -24,11 +24,12 @@ from .sweep import (
 from .sweep_report import best_thresholds
 from .sweep_report import dumps as sweep_dumps
 from .sweep_report import to_frame as sweep_frame
+from .text import MAX_LINE, path_kind, quote, shorten
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2, instead of argparse's usage dump
-        self.exit(2, f"clipviz: error: {message}\n")
+        self.exit(2, f"clipviz: error: {shorten(message, MAX_LINE)}\n")
 
 
 def _positive_int(text: str) -> int:
@@ -117,6 +118,34 @@ def summary_table(results) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
 
 
+def check_writable(path: str | None, flag: str) -> None:
+    """Before any training: --out/--csv must name a file (or a device such as /dev/null) we can write."""
+    import os
+
+    if not path:
+        return
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise ConfigError(f"{flag} {quote(path)}: directory {quote(parent)} does not exist") from None
+        if not os.access(parent, os.W_OK):
+            raise ConfigError(f"{flag} {quote(path)}: directory {quote(parent)} is not writable") from None
+        return
+    except OSError as exc:
+        raise ConfigError(f"{flag} {quote(path)}: {exc.strerror or exc}") from None
+    if path_kind(st.st_mode) == "a directory":  # devices and pipes stay allowed: /dev/null, /dev/stdout
+        raise ConfigError(f"{flag} {quote(path)} is a directory, not a file to write")
+    if not os.access(path, os.W_OK):
+        raise ConfigError(f"{flag} {quote(path)} is not writable")
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    check_writable(args.out, "--out")
+    check_writable(args.csv, "--csv")
+
+
 def write_outputs(results, args: argparse.Namespace, to_json, to_frame) -> None:
     if args.out:
         Path(args.out).write_text(to_json(results))
@@ -130,8 +159,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .engine import Engine
     from .records import dumps, group_records, to_frame
 
+    check_outputs(args)
     clips = [ClipSpec.parse(c) for c in (args.clip or ["none", "value:5", "norm:1"])]
     base = base_spec(args)
+    caps = Caps.from_env()
+    if len(clips) * args.seeds > caps.max_runs:  # counted before the runs are built
+        raise ConfigError(
+            f"{len(clips)} clip(s) x {args.seeds:,} seeds = {len(clips) * args.seeds:,} runs, "
+            f"over the cap max_runs={caps.max_runs:,}"
+        )
     seeds = tuple(range(base.seed, base.seed + args.seeds))
     runs = with_clips(base, clips, seeds)
     validate_runs(runs)
@@ -233,6 +269,7 @@ def _bar(pr, quiet: bool) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    check_outputs(args)
     per: dict[str, LogRange] = {}
     every = None
     for name, rng in args.thresholds or []:
@@ -277,10 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as exc:
-        print(f"clipviz: error: {exc}", file=sys.stderr)
+        print(f"clipviz: error: {shorten(exc, MAX_LINE)}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"clipviz: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        msg = f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+        print(f"clipviz: error: {shorten(msg, MAX_LINE)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nclipviz: stopped", file=sys.stderr)

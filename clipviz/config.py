@@ -59,6 +59,11 @@ class Caps:
     max_upload_mb: int = 10
     max_jobs: int = field(default_factory=lambda: os.cpu_count() or 1)  # jobs training at once per server
     max_session_runs: int = 200  # runs kept per browser session before the oldest unpinned are evicted
+    # the cost model (clipviz/cost.py) prices a whole job before anything is allocated:
+    max_memory_mb: int = 1024  # estimated memory of one job: data, parameters, optimizer, buffers, records
+    max_work: int = 200_000_000_000  # multiply-adds of one job; measured ~0.3 G/s on one core: ~10 min
+    max_steps: int = 1_000_000  # sequential steps (epochs x minibatches x seq_len); ~1.5 ms each for an mlp
+    max_step_work: int = 200_000_000  # multiply-adds of one step: bounds how long Stop waits (~0.5 s)
 
     @classmethod
     def from_env(cls) -> Caps:
@@ -284,9 +289,15 @@ def validate_run(spec: RunSpec, caps: Caps | None = None, n_in: int | None = Non
 
 
 def validate_runs(
-    specs: list[RunSpec] | tuple[RunSpec, ...], caps: Caps | None = None, n_in: int | None = None
+    specs: list[RunSpec] | tuple[RunSpec, ...],
+    caps: Caps | None = None,
+    n_in: int | None = None,
+    *,
+    histograms: bool = True,  # the job bins value histograms (the comparison view does; sweeps do not)
+    keep_records: bool = True,  # the caller keeps every EpochRecord (a sweep keeps only summaries)
 ) -> None:
-    """Validate K runs that will train in lockstep: each valid, and all sharing data, model and batching.
+    """Validate K runs that will train in lockstep: each valid, all sharing data, model and batching, and
+    the whole job within the cost caps (clipviz/cost.py; a CSV is priced once read, by the engine).
 
     n_in: the loaded dataset's input width (see validate_run); the engine passes it once the data is loaded.
     """
@@ -316,6 +327,9 @@ def validate_runs(
             f"{len(specs)} runs x {param_count(first.model, n_in):,} parameters = {total:,}, "
             f"over the cap max_total_params={caps.max_total_params:,}"
         )
+    from .cost import check_runs  # cost imports this module
+
+    check_runs(specs, caps, histograms=histograms, keep_records=keep_records)
 
 
 # the Keras article's setup; its three runs are the clip list below

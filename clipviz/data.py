@@ -19,6 +19,7 @@ from sklearn.datasets import load_diabetes, make_friedman1, make_regression
 from sklearn.preprocessing import StandardScaler
 
 from clipviz.config import Caps, ConfigError, DataSpec, check_data, data_width, split_point
+from clipviz.text import path_kind, quote, shorten
 
 MAX_ABS_VALUE = 1e30  # float32 tops out at 3.4e38; beyond this the first squared error overflows anyway
 _MB = 1024 * 1024
@@ -59,11 +60,11 @@ def load_dataset(spec: DataSpec, caps: Caps | None = None) -> Dataset:
         y = table[target].to_numpy(dtype=np.float64)
         if np.all(y == y[0]):
             raise ConfigError(
-                f"target column {target!r} is constant (every row is {y[0]:g}): there is nothing to learn"
+                f"target column {quote(target)} is constant (every row is {y[0]:g}): there is nothing to learn"
             )
         x = table.drop(columns=[target]).to_numpy(dtype=np.float64)
         names, target_name = tuple(str(c) for c in table.columns if c != target), target
-        what = f"{os.path.basename(spec.csv_path)}: {len(y):,} rows, {x.shape[1]} features, target {target!r}"
+        what = f"{os.path.basename(spec.csv_path)}: {len(y):,} rows, {x.shape[1]} features, target {quote(target)}"
     else:
         try:
             x, y, names, target_name, what = _BUILDERS[spec.name](spec)
@@ -144,7 +145,10 @@ def _resolve_target(columns: list[str], target: str | None) -> str:
     folded = [c for c in columns if c.lower() == target.strip().lower()]
     if len(folded) == 1:
         return folded[0]
-    raise ConfigError(f"target column {target!r} is not in the file; available columns: {', '.join(columns)}")
+    shown = ", ".join(shorten(c, 40) for c in columns[:20]) + (
+        f" and {len(columns) - 20:,} more" if len(columns) > 20 else ""
+    )
+    raise ConfigError(f"target column {quote(target)} is not in the file; available columns: {shown}")
 
 
 def _read_bytes(source: str | bytes | os.PathLike | IO, max_bytes: int, cap_mb: int | None = None) -> bytes:
@@ -152,15 +156,21 @@ def _read_bytes(source: str | bytes | os.PathLike | IO, max_bytes: int, cap_mb: 
     cap = math.inf if cap_mb is None else cap_mb * _MB
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
-        if not os.path.isfile(path):
-            raise ConfigError(f"no such file: {path}")
+        try:
+            what = path_kind(os.stat(path).st_mode)  # stat, never open: reading a FIFO would block
+        except FileNotFoundError:
+            raise ConfigError(f"no such file: {quote(path)}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {quote(path)}: {exc.strerror or exc}") from None
+        if what is not None:
+            raise ConfigError(f"{quote(path)} is {what}, not a CSV file")
         try:
             size, raw = os.path.getsize(path), b""
             if size <= cap:  # don't read what the cap refuses anyway
                 with open(path, "rb") as fh:
                     raw = fh.read(max_bytes + 1)
         except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+            raise ConfigError(f"cannot read {quote(path)}: {exc.strerror or exc}") from exc
     elif isinstance(source, (bytes, bytearray, memoryview)):
         raw = bytes(source)
         size = len(raw)
@@ -209,8 +219,34 @@ def _split_lines(text: str) -> tuple[list[str], list[int]]:
     return [ln for _, ln in kept], [n for n, _ in kept]
 
 
+def _csv_rows(lines: list[str], delim: str, line_no: list[int]) -> list[list[str]]:
+    """csv rows of already split lines, one row per line; csv's own errors become ConfigErrors with the line.
+
+    The lines were split on newlines first (for line numbers), so a quoted cell holding a line break would
+    silently join two lines ("2<newline>5" read as 25): refused, as is a cell over csv's field size limit.
+    """
+    reader = csv.reader(lines, delimiter=delim, skipinitialspace=True)
+    rows = []
+    try:
+        for row in reader:
+            if reader.line_num != len(rows) + 1:
+                raise ConfigError(
+                    f"line {line_no[len(rows)]} has a quoted cell that spans several lines; "
+                    "numbers cannot contain line breaks: remove the quotes or the line break"
+                )
+            rows.append(row)
+    except csv.Error as exc:
+        where = line_no[min(len(rows), len(line_no) - 1)]
+        if "field larger than field limit" in str(exc):
+            raise ConfigError(
+                f"line {where} has a cell longer than {csv.field_size_limit():,} characters: not a numeric CSV"
+            ) from None
+        raise ConfigError(f"line {where} is not valid CSV: {shorten(exc)}") from None
+    return rows
+
+
 def _parse_header(line: str, delim: str) -> list[str]:
-    names = [c.strip() for c in next(csv.reader([line], delimiter=delim, skipinitialspace=True))]
+    names = [c.strip() for c in _csv_rows([line], delim, [1])[0]]
     for i, name in enumerate(names):
         if not name:
             raise ConfigError(
@@ -220,10 +256,12 @@ def _parse_header(line: str, delim: str) -> list[str]:
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
         if name in seen:
-            raise ConfigError(f"duplicated column name {name!r} (columns {seen[name] + 1} and {i + 1}); rename one")
+            raise ConfigError(
+                f"duplicated column name {quote(name)} (columns {seen[name] + 1} and {i + 1}); rename one"
+            )
         seen[name] = i
     if all(_is_number(n) for n in names):  # a header-less file would silently lose its first row
-        raise ConfigError(f"the first row ({line[:60]}) is numbers, not column names: add a header row")
+        raise ConfigError(f"the first row ({shorten(line, 60)}) is numbers, not column names: add a header row")
     return names
 
 
@@ -250,7 +288,7 @@ def _read_header(
     names = _parse_header(lines[0], delim)
     if len(names) < 2:
         raise ConfigError(
-            f"the file has a single column ({names[0]!r}); it needs the target plus at least one feature column "
+            f"the file has a single column ({quote(names[0])}); it needs the target plus at least one feature column "
             f"(delimiters tried: {', '.join(_DELIM_NAMES[d] for d in _DELIMITERS)})"
         )
     return names, delim, lines, line_no
@@ -265,7 +303,7 @@ def read_csv_table(source: str | bytes | os.PathLike | IO, caps: Caps | None = N
     caps = caps or Caps.from_env()
     limit = caps.max_upload_mb * _MB
     names, delim, lines, line_no = _read_header(source, _read_bytes(source, limit, caps.max_upload_mb))
-    rows = list(csv.reader(lines[1:], delimiter=delim, skipinitialspace=True))
+    rows = _csv_rows(lines[1:], delim, line_no[1:])
     if not rows:
         raise ConfigError(f"the file has a header ({len(names)} columns) but no data rows")
     if len(rows) < 2:
@@ -295,16 +333,18 @@ def _numeric_column(name: str, s: pd.Series, delim: str, line_no: list[int]) -> 
         if not (np.isnan(alt) & ~missing).any():
             values, bad = alt, np.zeros_like(bad)
     problems = (
-        (bad, "non-numeric value{s}, e.g. {v!r} on line {line}; every cell must be a number"),
+        (bad, "non-numeric value{s}, e.g. {v} on line {line}; every cell must be a number"),
         (missing, "empty or missing (NaN) cell{s}, first on line {line}; fill or drop those rows"),
         (
             ~(np.abs(values) <= MAX_ABS_VALUE),
-            "value{s} that training in float32 cannot use (infinite or |x| > 1e30), e.g. {v!r} on line {line}",
+            "value{s} that training in float32 cannot use (infinite or |x| > 1e30), e.g. {v} on line {line}",
         ),
     )
     for mask, text in problems:
         if mask.any():
             count, i = int(mask.sum()), int(np.argmax(mask))
             plural = "s" if count > 1 else ""
-            raise ConfigError(f"column {name!r} has {count:,} " + text.format(s=plural, v=s.iloc[i], line=line_no[i]))
+            raise ConfigError(
+                f"column {quote(name)} has {count:,} " + text.format(s=plural, v=quote(s.iloc[i]), line=line_no[i])
+            )
     return values

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .config import STRATEGIES, Caps, ConfigError, RunSpec, param_count, validate_run
+from .cost import DataShape, check_runs, data_shape, max_runs_within
 from .jobs import FINISHED, BackgroundJob
 from .strategies import REGISTRY
 
@@ -176,6 +177,15 @@ def make_sweep(
         raise ConfigError(f"number of seeds must be a positive whole number, got {seeds!r}")
     if lrs is not None and batch_sizes is not None:
         raise ConfigError("a sweep has one second axis: learning rates or batch sizes, not both")
+    # counted before anything is built: a huge seed or axis count must not allocate its points first
+    n_axis = 1
+    if lrs is not None:
+        n_axis = lrs.count if isinstance(lrs, LogRange) else len(lrs)
+    elif batch_sizes is not None:
+        n_axis = len(batch_sizes)
+    n = seeds * max(n_axis, 1) * (1 + sum(len(ts) for _, ts in table))
+    if n > MAX_POINTS:
+        raise ConfigError(f"this sweep has {n:,} runs, over the limit of {MAX_POINTS:,}: fewer thresholds or seeds")
     axis, values = None, ()
     if lrs is not None:
         axis, values = "lr", lrs.values() if isinstance(lrs, LogRange) else tuple(float(v) for v in lrs)
@@ -184,15 +194,13 @@ def make_sweep(
     if axis and not values:
         raise ConfigError(f"the {axis} axis needs at least one value")
     sweep = SweepSpec(base, tuple(table), tuple(range(base.seed, base.seed + seeds)), axis, values)
-    n = len(sweep.points())
-    if n > MAX_POINTS:
-        raise ConfigError(f"this sweep has {n:,} runs, over the limit of {MAX_POINTS:,}: fewer thresholds or seeds")
     caps = caps or Caps.from_env()
     from .data import input_dim  # local, as in plan_chunks: a CSV's width comes from its header
 
     n_in = input_dim(base.data)
     for p in {replace(q, seed=base.seed) for q in sweep.points()}:  # one of each setup is enough to validate
         validate_run(point_spec(sweep, p), caps, n_in)
+        check_runs([point_spec(sweep, p)], caps, histograms=False, keep_records=False)  # one run must fit a job
     return sweep
 
 
@@ -222,16 +230,36 @@ def plan_chunks(sweep: SweepSpec, chunk_size: int = DEFAULT_CHUNK, caps: Caps | 
         raise ConfigError(f"chunk size must be positive, got {chunk_size}")
     from .data import input_dim
 
-    per_run = param_count(sweep.base.model, input_dim(sweep.base.data))
+    n_in = input_dim(sweep.base.data)
+    per_run = param_count(sweep.base.model, n_in)
     size = max(1, min(chunk_size, caps.max_runs, caps.max_total_params // max(per_run, 1)))
     groups: dict[tuple[int, str], list[SweepPoint]] = {}
     for p in sweep.points():
         groups.setdefault((point_spec(sweep, p).optim.batch_size, p.strategy), []).append(p)
+    shape = data_shape(sweep.base) or _csv_shape(sweep.base, n_in, caps)
+    fit: dict[int, int] = {}  # batch size -> most runs one job may train (the cost model; arithmetic only)
+    for bs, _ in groups:
+        if bs not in fit:
+            spec = replace(sweep.base, optim=replace(sweep.base.optim, batch_size=bs))
+            fit[bs] = max_runs_within(spec, caps, shape)
     out = []
-    for g in groups.values():  # equal parts: 138 runs at size 128 -> 69 + 69, not 128 + 10
-        part = -(-len(g) // -(-len(g) // size))
+    for (bs, _), g in groups.items():  # equal parts: 138 runs at size 128 -> 69 + 69, not 128 + 10
+        most = min(size, fit[bs])
+        part = -(-len(g) // -(-len(g) // most))
         out += [g[i : i + part] for i in range(0, len(g), part)]
     return out
+
+
+def _csv_shape(base: RunSpec, n_in: int, caps: Caps) -> DataShape:
+    """A CSV's shape before it is read: its real width, and a bound on its rows from its size (each of the
+    n_in + 1 cells of a row takes at least a digit and a delimiter) and the reader's cap max_rows."""
+    import os
+
+    try:
+        rows = min(caps.max_rows, os.path.getsize(base.data.csv_path or "") // (2 * (n_in + 1)) + 1)
+    except OSError:
+        rows = caps.max_rows
+    return DataShape(rows, n_in, 1, max(1, int(rows * base.data.train_fraction)))
 
 
 # ---- one chunk ----------------------------------------------------------------------------------
@@ -271,7 +299,9 @@ def train_chunk(
     """
     from .engine import Engine
 
-    engine = Engine(list(runs), device=device, record=record, histograms=False, dataset=dataset, stop=stop)
+    engine = Engine(
+        list(runs), device=device, record=record, histograms=False, dataset=dataset, stop=stop, keep_records=False
+    )
     out = [RunSummary(r) for r in runs]
     clipped = [0.0] * len(runs)
     steps = [0] * len(runs)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def _ok(at: AppTest) -> None:
 
 
 def _errors(at: AppTest) -> str:
-    return " | ".join(e.value for e in at.error)
+    """The banners' text as the user reads it: user values are markdown-escaped (text.md_escape)."""
+    return re.sub(r"\\(.)", r"\1", " | ".join(e.value for e in at.error))
 
 
 def _train(at: AppTest, epochs: int, speed: str = "max") -> Job:

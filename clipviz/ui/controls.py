@@ -7,11 +7,16 @@ value a widget cannot take; we say which one and why, and validate_runs checks t
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import hashlib
 import math
 import os
+import re
+import shutil
 import tempfile
+import threading
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -39,6 +44,7 @@ from ..config import (
 )
 from ..data import input_dim, read_csv_table
 from ..strategies import REGISTRY
+from ..text import quote
 
 # log-scale slider range of each strategy's one number (the registry's; the tutorial's values sit on the grid)
 THRESHOLD_RANGES = {n: s.slider for n, s in REGISTRY.items() if s.slider is not None}
@@ -163,6 +169,7 @@ def render_controls(caps: Caps, classroom: bool) -> dict[str, Any]:
         v["seq_len"] = _draw("seq_len", table["seq_len"], disabled=name != "adding")
         v["scale_x"] = _draw("scale_x", table["scale_x"])
         st.file_uploader("CSV file (numeric columns, header row)", type=["csv", "txt", "tsv"], key="csv_file",
+                         max_upload_size=upload_limit_mb(caps),
                          help=f"up to {caps.max_upload_mb} MB; the last column is the target unless you name one")  # fmt: skip
         v["csv_target"] = st.text_input("Target column (csv)", key="csv_target", placeholder="last column")
     with st.expander("Training", expanded=False):
@@ -242,20 +249,75 @@ def _on_preset() -> None:
     st.session_state.preset = "(keep)"
 
 
-def audit_url(params: dict[str, list[str]], caps: Caps) -> list[str]:
-    """Messages for link parameters a widget cannot take (Streamlit ignores those silently)."""
-    table, out = widget_table(caps), []
+# widgets bound to the URL outside the sidebar's table: the link audit checks them too
+BOUND_ELSEWHERE = {"classroom": Widget("Classroom", "toggle", False)}
+MAX_URL_PROBLEMS = 10  # messages shown for one link; the rest are counted
+
+
+def url_rejects(params: dict[str, list[str]], caps: Caps) -> list[tuple[str, str | None, str]]:
+    """(key, rejected raw value, or None for every value of the key, message) for each link value a
+    widget cannot take. Streamlit would drop most silently, and a few (seed=inf) crash the widget."""
+    table, out = widget_table(caps) | BOUND_ELSEWHERE, []
     for key, values in params.items():
         w = table.get(key)
         if w is None:
             continue
+        if w.kind != "multi" and len(values) > 1:
+            shown = ", ".join(quote(v, 20) for v in values[:5]) + (", …" if len(values) > 5 else "")
+            msg = f"Link parameter {key} was given {len(values)} times ({shown}); a link sets it once. Using {fmt(w.default)}."
+            out.append((key, None, msg))
+            continue
         for raw in values:
             if not _url_ok(raw, w):
                 using = "the others are kept" if w.kind == "multi" else f"using {fmt(w.default)}"
-                out.append(f"Link parameter {key}={raw!r} was ignored: {_url_rule(w)}; {using}.")
+                out.append((key, raw, f"Link parameter {key}={quote(raw)} was ignored: {_url_rule(w)}; {using}."))
     if "device" in params and "device" not in table and any(v != "cpu" for v in params["device"]):
-        out.append("Link parameter device was ignored: this server has no CUDA GPU. Using the CPU.")
+        out.append(("device", None, "Link parameter device was ignored: this server has no CUDA GPU. Using the CPU."))
     return out
+
+
+def audit_url(params: dict[str, list[str]], caps: Caps) -> list[str]:
+    """Messages for link parameters a widget cannot take, at most MAX_URL_PROBLEMS lines (plain text)."""
+    msgs = [m for _, _, m in url_rejects(params, caps)]
+    if len(msgs) > MAX_URL_PROBLEMS:
+        msgs = msgs[: MAX_URL_PROBLEMS - 1] + [f"… and {len(msgs) - MAX_URL_PROBLEMS + 1:,} more link problems."]
+    return msgs
+
+
+def sanitize_url(caps: Caps) -> list[str]:
+    """Audit the page's link and drop what no widget may take from st.query_params, before any widget reads
+    it (a bound widget reads its URL value when first drawn: seed=inf would raise inside number_input)."""
+    params = {k: st.query_params.get_all(k) for k in st.query_params}
+    rejects = url_rejects(params, caps)
+    for key in dict.fromkeys(k for k, _, _ in rejects):
+        bad = {raw for k, raw, _ in rejects if k == key}
+        keep = [] if None in bad else [v for v in params[key] if v not in bad]
+        if keep:
+            st.query_params[key] = keep
+        else:
+            del st.query_params[key]
+        _unseed(key, keep)
+    return audit_url(params, caps)
+
+
+def _unseed(key: str, keep: list[str]) -> None:
+    """Make the widget seed from the cleaned value, not the link's raw one.
+
+    Streamlit 1.67 seeds a bound widget from a snapshot of the link taken at the start of the run
+    (QueryParams._initial_query_params), which st.query_params edits do not reach; and its seeding
+    catches ValueError/TypeError/IndexError but not number_input's OverflowError (seed=inf). No public
+    API edits that snapshot, so the private field is edited here, guarded: the test_bounds link tests
+    fail if a Streamlit upgrade moves it.
+    """
+    from streamlit.runtime.state import get_session_state
+
+    with get_session_state().query_params() as qp:
+        initial = getattr(qp, "_initial_query_params", None)
+        if isinstance(initial, dict):
+            if keep:
+                initial[key] = list(keep)
+            else:
+                initial.pop(key, None)
 
 
 def _url_ok(raw: str, w: Widget) -> bool:
@@ -263,11 +325,13 @@ def _url_ok(raw: str, w: Widget) -> bool:
         return raw in {fmt(o) for o in w.options}
     if w.kind == "toggle":
         return raw.lower() in ("true", "false")
+    if w.kind != "float" and not re.fullmatch(r"[+-]?[0-9]{1,12}", raw.strip()):
+        return False  # whole numbers as digits: '1e400', 'inf', '5.0' are not what an int widget parses
     try:
         x = float(raw)
     except ValueError:
         return False
-    return math.isfinite(x) and w.lo <= x <= w.hi and (w.kind == "float" or x == int(x))
+    return math.isfinite(x) and w.lo <= x <= w.hi
 
 
 def _url_rule(w: Widget) -> str:
@@ -277,20 +341,46 @@ def _url_rule(w: Widget) -> str:
         return f"{w.label.lower()} must be one of the slider's values ({fmt(w.options[0])} to {fmt(w.options[-1])})"
     if w.kind == "toggle":
         return f"{w.label.lower()} must be true or false"
-    return f"{w.label.lower()} must be a {'number' if w.kind == 'float' else 'whole number'} in [{w.lo:g}, {w.hi:g}]"
+    if w.kind == "float":
+        return f"{w.label.lower()} must be a number in [{w.lo:g}, {w.hi:g}]"
+    return f"{w.label.lower()} must be a whole number from {int(w.lo)} to {int(w.hi)}"
 
 
 # ---- csv upload ---------------------------------------------------------------------------------
-@st.cache_data(max_entries=8, show_spinner=False)
-def _save_csv(data: bytes, max_rows: int, max_features: int, max_upload_mb: int) -> str:
-    caps = Caps(max_rows=max_rows, max_features=max_features, max_upload_mb=max_upload_mb)
-    read_csv_table(data, caps)  # ConfigError with line and column for a bad file (errors are not cached)
-    folder = os.path.join(tempfile.gettempdir(), "clipviz_uploads")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, hashlib.sha256(data).hexdigest()[:20] + ".csv")
-    with open(path, "wb") as fh:
-        fh.write(data)
+_UPLOADS = os.path.join(tempfile.gettempdir(), f"clipviz_uploads_{os.getpid()}")  # this server's, removed at exit
+MAX_SAVED_UPLOADS = 16  # validated uploads kept on disk (jobs read them by path); the oldest go first
+
+
+def upload_limit_mb(caps: Caps) -> int:
+    """The file uploader's own limit: above the cap, so clipviz's check (one message, naming the cap) sees
+    files a little too big; Streamlit's browser-side MB are 10^6 bytes, its server's maxUploadSize MiB,
+    and the server refuses above that, so the limit never exceeds it."""
+    return max(1, min(2 * caps.max_upload_mb + 1, int(st.get_option("server.maxUploadSize"))))
+
+
+def _save_csv(data: bytes, digest: str, caps: Caps) -> str:
+    """Validate the bytes (ConfigError names the line and column) and save them for the jobs to read."""
+    read_csv_table(data, caps)
+    os.makedirs(_UPLOADS, exist_ok=True)
+    path = os.path.join(_UPLOADS, digest[:20] + ".csv")
+    if not os.path.exists(path):
+        with open(path, "wb") as fh:
+            fh.write(data)
+        saved = sorted((os.path.join(_UPLOADS, n) for n in os.listdir(_UPLOADS)), key=os.path.getmtime)
+        for old in saved[:-MAX_SAVED_UPLOADS]:  # bounded disk use; a job already loaded its data
+            with contextlib.suppress(OSError):
+                os.remove(old)
     return path
+
+
+@functools.cache
+def _checked_uploads() -> dict[tuple[str, Caps], tuple[str | None, str | None]]:
+    """(content hash, caps) -> (saved path, None) or (None, error): a file is parsed once, accepted or not."""
+    atexit.register(shutil.rmtree, _UPLOADS, True)  # the uploads go with the server process
+    return {}
+
+
+_uploads_lock = threading.Lock()  # script threads of several sessions share the verdicts
 
 
 def uploaded_csv(caps: Caps) -> str | None:
@@ -299,5 +389,19 @@ def uploaded_csv(caps: Caps) -> str | None:
     if f is None:
         return None
     if f.size > caps.max_upload_mb * 1024 * 1024:
-        raise ConfigError(f"the file is {f.size / 2**20:.1f} MB, over the cap max_upload_mb={caps.max_upload_mb}")
-    return _save_csv(f.getvalue(), caps.max_rows, caps.max_features, caps.max_upload_mb)
+        raise ConfigError(f"the file is {f.size / 2**20:.2f} MB, over the cap max_upload_mb={caps.max_upload_mb}")
+    data = f.getvalue()
+    key = (hashlib.sha256(data).hexdigest(), caps)
+    with _uploads_lock:
+        cache = _checked_uploads()
+        if key not in cache or (cache[key][0] is not None and not os.path.exists(cache[key][0])):
+            try:  # new, or its saved copy was evicted from disk since
+                cache[key] = (_save_csv(data, key[0], caps), None)
+            except ConfigError as exc:
+                cache[key] = (None, str(exc))
+            while len(cache) > 64:  # bounded: the oldest verdicts go first
+                cache.pop(next(iter(cache)))
+        path, error = cache[key]
+    if error is not None:
+        raise ConfigError(error)
+    return path

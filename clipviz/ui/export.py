@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable
+from dataclasses import replace
 
 import plotly.graph_objects as go
 import streamlit as st
@@ -50,10 +51,13 @@ _SKLEARN = {"regression": "make_regression", "friedman1": "make_friedman1", "dia
 def _data_code(spec: RunSpec) -> str:
     """data.load_dataset's steps in plain sklearn (the adding task and a CSV call clipviz's loader)."""
     d = spec.data
-    if d.name not in _SKLEARN:
+    if d.name not in _SKLEARN:  # the adding task and a CSV: clipviz's loader builds the same tensors
+        note = ""
+        if d.name == "csv":  # never the server's upload path: the user has the file under their own name
+            d, note = replace(d, csv_path="data.csv"), "# data.csv: the CSV file you uploaded, next to this script\n"
         return (
             "from clipviz.config import DataSpec\nfrom clipviz.data import load_dataset\n\n"
-            f"ds = load_dataset({d!r})\n"
+            f"{note}ds = load_dataset({d!r})\n"
             "x_train, y_train, x_val, y_val = ds.x_train, ds.y_train, ds.x_val, ds.y_val\n"
         )
     fn = _SKLEARN[d.name]

@@ -106,10 +106,15 @@ def display_results(stored: list[StoredRun]) -> list[RunResult]:
     return out
 
 
-@st.cache_data(max_entries=8, show_spinner="Loading the data…")
+@st.cache_resource(max_entries=8, show_spinner="Loading the data…")
 def cached_dataset(spec: DataSpec) -> Dataset:
-    """The dataset a spec names (ConfigError for a bad one: errors are not cached)."""
-    return load_dataset(spec)
+    """The dataset a spec names, ONE shared object per spec for every session and queued job (cache_data
+    would hand each caller its own unpickled copy: 76 MB each for 100k x 200). Read-only by contract: the
+    engine indexes it into new tensors and never writes to it (tests/test_bounds.py checks). ConfigError for
+    a bad spec (errors are not cached)."""
+    ds = load_dataset(spec)
+    ds.y_train_raw.flags.writeable = False
+    return ds
 
 
 def describe(s: StoredRun) -> str:

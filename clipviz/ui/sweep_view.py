@@ -28,6 +28,7 @@ from clipviz.sweep import (
     point_spec,
 )
 from clipviz.sweep_report import dumps, heuristics, to_frame
+from clipviz.text import md_escape, quote
 from clipviz.ui import sweep_charts
 from clipviz.ui.state import session_id
 
@@ -70,12 +71,12 @@ def _read_form(base: RunSpec, thresholds: str, seeds: int, strategies: tuple[str
             try:
                 bss = [int(v) for v in axis_text.split(",")]
             except ValueError:
-                raise ConfigError(f"batch sizes {axis_text!r} must be whole numbers separated by commas") from None
+                raise ConfigError(f"batch sizes {quote(axis_text)} must be whole numbers separated by commas") from None
         if not chosen:
             raise ConfigError("choose at least one strategy to sweep")
         return make_sweep(base, chosen, ranges, int(n_seeds), lrs=lrs, batch_sizes=bss)
     except ConfigError as exc:
-        st.error(f"Cannot sweep this: {exc}")
+        st.error(f"Cannot sweep this: {md_escape(exc)}")
         return None
 
 
@@ -85,7 +86,7 @@ def _start(sweep, chunk_size: int) -> bool:
     try:  # replace=False: a sweep in progress is never dropped behind the user's back
         get_manager().submit(job, session_id())
     except JobBusy as exc:
-        st.warning(f"{exc}.")
+        st.warning(f"{md_escape(exc)}.")
         return False
     old: SweepJob | None = st.session_state.get("sweep_job")
     if old is not None and old.snapshot().result.runs:  # its runs stay downloadable (see _previous)
@@ -188,7 +189,7 @@ def _status(snap: SweepSnapshot) -> None:
         st.progress(frac, text=text)
     elif snap.state == "failed":
         kept = f"the {n} runs of its finished chunks are shown below" if n else "no chunk had finished"
-        st.error(f"The sweep failed: {snap.error}. {kept.capitalize()}.")
+        st.error(f"The sweep failed: {md_escape(snap.error)}. {kept.capitalize()}.")
     else:
         word = "finished" if result.complete else "stopped"
         st.success(f"Sweep {word}: {n} of {total} runs in {result.elapsed:.1f}s")
@@ -227,11 +228,16 @@ def render_sweep(
     sweep = _read_form(replace(base, label=""), thresholds, seeds, strategies)
     job: SweepJob | None = st.session_state.get("sweep_job")
     running = job is not None and not job.snapshot().finished  # queued counts: it can be stopped
+    chunks = None
+    if sweep is not None:
+        try:  # reads a CSV's header: a target not in the file is named here, not raised
+            chunks = len(plan_chunks(sweep, chunk_size))
+        except ConfigError as exc:
+            st.error(f"Cannot sweep this: {md_escape(exc)}")
+            sweep = None
     c = st.columns([1.4, 1, 4])
     if sweep is not None:
-        n = len(sweep.points())
-        chunks = len(plan_chunks(sweep, chunk_size))
-        c[2].caption(f"{n} runs × {sweep.base.optim.epochs} epochs, in {chunks} lockstep job(s)")
+        c[2].caption(f"{len(sweep.points())} runs × {sweep.base.optim.epochs} epochs, in {chunks} lockstep job(s)")
     if c[0].button("▶ Run sweep", key="sw_run", type="primary", disabled=sweep is None or running):
         if _start(sweep, chunk_size):
             st.rerun()  # the whole page again: Run disables, Stop enables, the fragment polls
