@@ -217,7 +217,8 @@ def test_sweep_counts_are_checked_before_any_point_is_built(monkeypatch):
     monkeypatch.setattr(SweepSpec, "points", never)
     big = LogRange(0.001, 1e12, 5000)
     with pytest.raises(ConfigError, match="over the limit of 5,000"):  # the Sweep tab case
-        make_sweep(TUTORIAL, list(SWEEP_STRATEGIES), big, 20, lrs=LogRange(0.001, 1.0, 100))
+        ranges = {s: big for s in ("value", "norm", "tensor-norm")}  # as the Sweep tab sends it; the rest default
+        make_sweep(TUTORIAL, list(SWEEP_STRATEGIES), ranges, 20, lrs=LogRange(0.001, 1.0, 100))
     with pytest.raises(ConfigError, match="100,000,000,000"):
         make_sweep(TUTORIAL, ["norm"], seeds=100_000_000_000)
 
