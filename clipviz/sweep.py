@@ -183,9 +183,14 @@ def make_sweep(
         n_axis = lrs.count if isinstance(lrs, LogRange) else len(lrs)
     elif batch_sizes is not None:
         n_axis = len(batch_sizes)
-    n = seeds * max(n_axis, 1) * (1 + sum(len(ts) for _, ts in table))
+    per_seed = 1 + sum(len(ts) for _, ts in table)  # the baseline and every strategy's thresholds
+    n = seeds * max(n_axis, 1) * per_seed
     if n > MAX_POINTS:
-        raise ConfigError(f"this sweep has {n:,} runs, over the limit of {MAX_POINTS:,}: fewer thresholds or seeds")
+        axis_part = f" x {n_axis:,} axis values" if n_axis > 1 else ""
+        raise ConfigError(
+            f"this sweep has {n:,} runs ({seeds:,} seeds{axis_part} x {per_seed:,} thresholds incl. the baseline), "
+            f"over the limit of {MAX_POINTS:,}: fewer thresholds, seeds or axis values"
+        )
     axis, values = None, ()
     if lrs is not None:
         axis, values = "lr", lrs.values() if isinstance(lrs, LogRange) else tuple(float(v) for v in lrs)
