@@ -4,14 +4,6 @@ The public names: specs and presets (config), the batched engine and its records
 drop-in clippers for your own PyTorch loops (clipping).
 """
 
-from .clipping import (
-    AutoClip,
-    ZClip,
-    adaptive_grad_clip_,
-    clip_grad_norm_,
-    clip_grad_norm_per_tensor_,
-    clip_grad_value_,
-)
 from .config import (
     PRESETS,
     TUTORIAL,
@@ -24,6 +16,14 @@ from .config import (
     OptimSpec,
     RunSpec,
     with_clips,
+)
+from .dropins import (
+    AutoClip,
+    ZClip,
+    adaptive_grad_clip_,
+    clip_grad_norm_,
+    clip_grad_norm_per_tensor_,
+    clip_grad_value_,
 )
 from .engine import Engine, train
 from .records import EpochRecord, RunResult

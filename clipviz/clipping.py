@@ -1,4 +1,6 @@
-"""The rules of every registry strategy (clipviz.strategies), batched over K runs; plus drop-ins for one model.
+"""The rules of every registry strategy (clipviz.strategies), batched over K runs on a flat [K, P] buffer.
+
+Drop-ins for one model live in clipviz.dropins, AutoClip's and ZClip's history in clipviz.clip_state.
 
 Batched layout: each tensor of `grads` / `params` is `[K, ...]`, per run the PyTorch layout
 (weight `[out, in]`, bias `[out]`). `make_clipper(strategy, thresholds)` returns a callable
@@ -28,12 +30,13 @@ the applied factors (exact in real arithmetic); value clipping measures it again
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from clipviz.clip_state import AutoClipState, ZClipState
 from clipviz.strategies import NAMES as STRATEGIES
 from clipviz.strategies import REGISTRY, Strategy
 
@@ -143,115 +146,6 @@ def agc_factor(gu: Tensor, wu: Tensor, lam: Tensor, eps: float = 1e-3) -> Tensor
     max_norm = lam * wu.clamp(min=eps)
     hit = (gu > max_norm) & torch.isfinite(gu)
     return torch.where(hit, max_norm / gu.clamp(min=1e-6), 1.0)
-
-
-class AutoClipState:
-    """AutoClip: append ||g|| to a bounded history, clip the global norm at its p-th percentile.
-
-    c_t = percentile_p(finite norms so far, last `history` of them); g <- g * min(1, c_t / (||g|| + 1e-6)).
-    The current norm enters the history before the percentile is taken, as in the reference code.
-    `threshold` holds the last c_t per run ([K] float32; inf before a run's first finite norm).
-
-    References: Seetharaman, Wichern, Pardo & Le Roux (2020), AutoClip: Adaptive Gradient Clipping for
-    Source Separation Networks; github.com/pseeth/autoclip (np.percentile + clip_grad_norm_).
-    """
-
-    def __init__(self, thresholds: Tensor, history: int = 1000):
-        k, dev = thresholds.numel(), thresholds.device
-        self.q = thresholds.reshape(-1).to(_F64) / 100.0  # [K] percentile as a fraction
-        self.size = history
-        self.ring = torch.full((k, history), math.inf, dtype=_F64, device=dev)  # [K, H] norms in arrival order
-        self.sorted = torch.full((k, 0), math.inf, dtype=_F64, device=dev)  # [K, w] same norms sorted, inf = empty
-        self.count = torch.zeros(k, dtype=torch.long, device=dev)  # finite norms seen per run
-        self._j = torch.arange(history, device=dev)
-        self._j1 = self._j - 1  # (long - bool is not allowed, long + bool is)
-        self._inf = torch.full((k, 1), math.inf, dtype=_F64, device=dev)
-        self.threshold = torch.full((k,), math.inf, device=dev)
-
-    def update(self, gn: Tensor) -> Tensor:
-        """Take this step's global norms [K] (float64); return the norm limit c_t [K] (float64, inf = none)."""
-        fin = torch.isfinite(gn)
-        slot = (self.count % self.size).unsqueeze(1)  # [K, 1] ring-buffer position, per run
-        old = self.ring.gather(1, slot)  # [K, 1] the norm it evicts (inf while the ring is not full)
-        new = torch.where(fin, gn, old.squeeze(1)).unsqueeze(1)  # a non-finite norm re-inserts `old`: no change
-        self.ring.scatter_(1, slot, new)
-        self.count += fin
-        # keep the history sorted by one delete + insert per step (gather over [K, w]): re-sorting
-        # [250, 1000] every step costs ~3-30 ms on CPU, and torch.quantile cannot take one q per row
-        s = self.sorted
-        if s.shape[1] < self.size:  # grows one column per call (host-side shape), an empty slot = inf
-            s = torch.cat([s, self._inf], 1)
-        j = self._j[: s.shape[1]]  # [w]
-        r = torch.searchsorted(s, old)  # [K, 1] where `old` sits
-        ins = torch.searchsorted(s, new) - (old < new).long()  # [K, 1] where `new` goes once `old` is out
-        m = self._j1[: s.shape[1]] + (j <= ins)  # [K, w] = j - (j > ins): source index in s without `old`
-        src = (m + (m >= r)).clamp(max=s.shape[1] - 1)
-        self.sorted = s = torch.where(j == ins, new, s.gather(1, src))
-        # np.percentile's 'linear' method, per run: index (n - 1) q, interpolate between its neighbours
-        last = (self.count.clamp(max=self.size) - 1).clamp(min=0)  # [K] index of the largest finite entry
-        pos = self.q * last
-        lo = pos.floor().long()
-        a = s.gather(1, lo.unsqueeze(1)).squeeze(1)
-        b = s.gather(1, torch.minimum(lo + 1, last).unsqueeze(1)).squeeze(1)
-        thr = torch.where(self.count > 0, a + (b - a) * (pos - lo), math.inf)
-        self.threshold = thr.float()
-        return thr
-
-    def __call__(self, grads: list[Tensor], params: list[Tensor]) -> ClipStats:
-        return _list_call(self, grads, params, "autoclip")
-
-
-class ZClipState:
-    """ZClip (z-score mode, 'adaptive_scaling'): EMA mean/variance of ||g||, clip outliers.
-
-    Warm-up: the first `warmup_steps` norms are not clipped; they initialise mu = mean, var = population
-    variance. Then z = (||g|| - mu) / (sigma + eps); if z > z_t the norm is clipped to
-    c = mu + z_t * sigma / (z / z_t), g <- g * c / (||g|| + 1e-6), and the EMA is updated with c instead
-    of ||g||: mu <- a mu + (1 - a) x;  var <- a var + (1 - a) (x - mu_new)^2.
-    Follows the official code with `max_grad_norm=None` and `clip_factor=1` (no extra fixed cap).
-    `threshold` holds the last c per run ([K] float32; inf when nothing was clipped).
-
-    References: Kumar, Owen, Chowdhury & Güra (2025), ZClip: Adaptive Spike Mitigation for LLM
-    Pre-Training, arXiv:2504.02507; github.com/bluorion-com/ZClip, zclip/zclip.py.
-    """
-
-    def __init__(self, thresholds: Tensor, alpha: float = 0.97, warmup_steps: int = 25, eps: float = 1e-6):
-        k, dev = thresholds.numel(), thresholds.device
-        self.z_thresh = thresholds.reshape(-1).to(_F64)  # [K]
-        self.alpha, self.warmup_steps, self.eps = alpha, warmup_steps, eps
-        self.buf = torch.zeros(k, warmup_steps, dtype=_F64, device=dev)
-        self.step = 0  # host-side counter: warm-up is the first `warmup_steps` calls, no tensor read needed
-        self.mean = torch.zeros(k, dtype=_F64, device=dev)
-        self.var = torch.zeros(k, dtype=_F64, device=dev)
-        self.threshold = torch.full((k,), math.inf, device=dev)
-
-    def update(self, gn: Tensor) -> Tensor:
-        """Take this step's global norms [K] (float64); return the norm limit [K] (float64, inf = none)."""
-        if self.step < self.warmup_steps:  # host-side step count, not a tensor value
-            self.buf[:, self.step] = gn
-            self.step += 1
-            if self.step == self.warmup_steps:  # initialise from the finite warm-up norms only
-                fin = torch.isfinite(self.buf)
-                n = fin.sum(1)
-                self.mean = torch.where(fin, self.buf, 0.0).sum(1) / n
-                self.var = torch.where(fin, self.buf - self.mean.unsqueeze(1), 0.0).square().sum(1) / n
-            return torch.full_like(gn, math.inf)
-        self.step += 1
-        zt, std = self.z_thresh, self.var.sqrt()
-        z = (gn - self.mean) / (std + self.eps)
-        spike = (z > zt) & torch.isfinite(gn)
-        thr = torch.where(spike, self.mean + zt * std / (z / zt), math.inf)
-        eff = torch.where(spike, thr, gn)  # the EMA sees the clipped norm
-        mean = self.alpha * self.mean + (1 - self.alpha) * eff
-        var = self.alpha * self.var + (1 - self.alpha) * (eff - mean).square()
-        ok = torch.isfinite(eff)  # a non-finite norm does not enter the EMA
-        self.mean, self.var = torch.where(ok, mean, self.mean), torch.where(ok, var, self.var)
-        self.threshold = thr.float()
-        # official: coef = c / (||g|| + 1e-6) only when ||g|| > c; a spike always has ||g|| > c
-        return thr
-
-    def __call__(self, grads: list[Tensor], params: list[Tensor]) -> ClipStats:
-        return _list_call(self, grads, params, "zclip")
 
 
 # ---- one rule per registry entry, each on its own runs' rows only --------------------------------
@@ -461,89 +355,3 @@ def make_clipper(strategy: str, thresholds: Tensor) -> Callable[[list[Tensor], l
     if strategy == "zclip":
         return ZClipState(thresholds.reshape(-1))
     return _ListClipper(strategy, thresholds)
-
-
-# ---- drop-ins for one model: the batched code with K = 1 ---------------------------------------
-def _k1(parameters: Tensor | Iterable[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-    """[1, ...] views of the grads (in-place clipping writes through to p.grad) and of the params."""
-    ps = [parameters] if isinstance(parameters, Tensor) else list(parameters)
-    ps = [p for p in ps if p.grad is not None]
-    return [p.grad.unsqueeze(0) for p in ps], [p.detach().unsqueeze(0) for p in ps]
-
-
-def _one(grads: list[Tensor], value: float) -> Tensor:
-    return torch.tensor([value], dtype=torch.float32, device=grads[0].device)
-
-
-def clip_grad_value_(parameters: Tensor | Iterable[Tensor], clip_value: float) -> Tensor:
-    """Like torch.nn.utils.clip_grad_value_; returns the pre-clip global norm."""
-    grads, ps = _k1(parameters)
-    return make_clipper("value", _one(grads, clip_value))(grads, ps).pre_norm[0] if grads else torch.tensor(0.0)
-
-
-def clip_grad_norm_(parameters: Tensor | Iterable[Tensor], max_norm: float, error_if_nonfinite: bool = False) -> Tensor:
-    """Like torch.nn.utils.clip_grad_norm_ (L2); returns the pre-clip total norm. Overflow-safe, unlike torch."""
-    grads, ps = _k1(parameters)
-    if not grads:
-        return torch.tensor(0.0)
-    norm = make_clipper("norm", _one(grads, max_norm))(grads, ps).pre_norm[0]
-    if error_if_nonfinite and not torch.isfinite(norm):  # grads were left unchanged, as torch does on raising
-        raise RuntimeError(
-            "The total norm of order 2.0 for gradients from `parameters` is non-finite, so it cannot be clipped. "
-            "To disable this error and scale the gradients by the non-finite norm anyway, set "
-            "`error_if_nonfinite=False`"
-        )
-    return norm
-
-
-def clip_grad_norm_per_tensor_(parameters: Tensor | Iterable[Tensor], max_norm: float) -> Tensor:
-    """Keras 3 clipnorm for a torch model; returns the 1-D pre-clip norms, one per tensor with a grad."""
-    grads, ps = _k1(parameters)
-    return make_clipper("tensor-norm", _one(grads, max_norm))(grads, ps).tensor_norms[0] if grads else torch.zeros(0)
-
-
-def adaptive_grad_clip_(parameters: Tensor | Iterable[Tensor], clipping: float, eps: float = 1e-3) -> Tensor:
-    """AGC (optax.adaptive_grad_clip) for a torch model; returns the pre-clip global norm."""
-    grads, ps = _k1(parameters)
-    return _ListClipper("agc", _one(grads, clipping), eps)(grads, ps).pre_norm[0] if grads else torch.tensor(0.0)
-
-
-class _StatefulDropIn:
-    _state: AutoClipState | ZClipState | None = None
-
-    def _make(self, grads: list[Tensor]) -> AutoClipState | ZClipState:  # K=1 state on the grads' device
-        raise NotImplementedError
-
-    def __call__(self, parameters: Tensor | Iterable[Tensor]) -> Tensor:
-        """Clip the grads in place; returns the pre-clip global norm."""
-        grads, ps = _k1(parameters)
-        if not grads:
-            return torch.tensor(0.0)
-        if self._state is None:
-            self._state = self._make(grads)
-        return self._state(grads, ps).pre_norm[0]
-
-    @property
-    def threshold(self) -> Tensor | None:
-        """The clipping norm used on the last call (inf: no clip that step), or None before any call."""
-        return None if self._state is None else self._state.threshold[0]
-
-
-class AutoClip(_StatefulDropIn):
-    """AutoClip for one model: `norm = autoclip(model.parameters())` between backward() and step()."""
-
-    def __init__(self, percentile: float = 10.0, history: int = 1000):
-        self.percentile, self.history = percentile, history
-
-    def _make(self, grads: list[Tensor]) -> AutoClipState:
-        return AutoClipState(_one(grads, self.percentile), self.history)
-
-
-class ZClip(_StatefulDropIn):
-    """ZClip for one model: `norm = zclip(model.parameters())` between backward() and step()."""
-
-    def __init__(self, alpha: float = 0.97, z_thresh: float = 2.5, warmup_steps: int = 25, eps: float = 1e-6):
-        self.alpha, self.z_thresh, self.warmup_steps, self.eps = alpha, z_thresh, warmup_steps, eps
-
-    def _make(self, grads: list[Tensor]) -> ZClipState:
-        return ZClipState(_one(grads, self.z_thresh), self.alpha, self.warmup_steps, self.eps)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from clipviz import clipping as C
+from clipviz import dropins as D
 from clipviz.config import STRATEGIES
 
 SHAPES = [(25, 20), (25,), (1, 25), (1,)]  # the tutorial MLP, PyTorch layout: weight [out, in], bias [out]
@@ -75,7 +76,7 @@ def _scenario(strategy: str, k: int, thr: list[float]):
 @pytest.mark.parametrize("max_norm", [0.1, 1.0, 1e3])
 def test_clip_grad_norm_matches_torch(max_norm):
     ours, ref = _twin(0, 3.0)
-    n_ours = C.clip_grad_norm_(ours, max_norm)
+    n_ours = D.clip_grad_norm_(ours, max_norm)
     n_ref = torch.nn.utils.clip_grad_norm_(ref, max_norm)
     torch.testing.assert_close(n_ours, n_ref, rtol=1e-6, atol=0)
     for a, b in zip(ours, ref, strict=True):
@@ -86,7 +87,7 @@ def test_clip_grad_norm_matches_torch(max_norm):
 def test_clip_grad_value_matches_torch(clip_value):
     ours, ref = _twin(1, 3.0)
     n_ref = torch.nn.utils.get_total_norm([p.grad for p in ref])
-    n_ours = C.clip_grad_value_(ours, clip_value)
+    n_ours = D.clip_grad_value_(ours, clip_value)
     torch.nn.utils.clip_grad_value_(ref, clip_value)
     torch.testing.assert_close(n_ours, n_ref, rtol=1e-6, atol=0)
     for a, b in zip(ours, ref, strict=True):
@@ -97,12 +98,12 @@ def test_dropins_skip_params_without_grad_and_raise_like_torch():
     ps = list(_model(2).parameters())
     ps[1].grad = None
     expected = _norm64([p.grad.unsqueeze(0) for p in ps if p.grad is not None])[0].float()
-    torch.testing.assert_close(C.clip_grad_norm_(ps, 1e9), expected, rtol=1e-6, atol=0)
-    assert C.clip_grad_norm_per_tensor_(ps, 1e9).shape == (3,)
+    torch.testing.assert_close(D.clip_grad_norm_(ps, 1e9), expected, rtol=1e-6, atol=0)
+    assert D.clip_grad_norm_per_tensor_(ps, 1e9).shape == (3,)
     ps[0].grad[0, 0] = math.nan
     kept = [p.grad.clone() for p in ps if p.grad is not None]
     with pytest.raises(RuntimeError):
-        C.clip_grad_norm_(ps, 1.0, error_if_nonfinite=True)
+        D.clip_grad_norm_(ps, 1.0, error_if_nonfinite=True)
     with pytest.raises(RuntimeError):
         torch.nn.utils.clip_grad_norm_(ps, 1.0, error_if_nonfinite=True)
     for a, b in zip([p.grad for p in ps if p.grad is not None], kept, strict=True):
@@ -111,15 +112,15 @@ def test_dropins_skip_params_without_grad_and_raise_like_torch():
 
 def _dropin(strategy: str, thr: float):
     if strategy == "autoclip":
-        return C.AutoClip(percentile=thr)
+        return D.AutoClip(percentile=thr)
     if strategy == "zclip":
-        return C.ZClip(z_thresh=thr)
+        return D.ZClip(z_thresh=thr)
     fn = {
         "none": lambda ps, t: None,
-        "value": C.clip_grad_value_,
-        "norm": C.clip_grad_norm_,
-        "tensor-norm": C.clip_grad_norm_per_tensor_,
-        "agc": C.adaptive_grad_clip_,
+        "value": D.clip_grad_value_,
+        "norm": D.clip_grad_norm_,
+        "tensor-norm": D.clip_grad_norm_per_tensor_,
+        "agc": D.adaptive_grad_clip_,
     }[strategy]
     return lambda ps: fn(ps, thr)
 
@@ -281,7 +282,7 @@ def test_overflowing_norm_is_clipped_where_torch_zeroes():
     ours, ref = _twin(3, 1e20)
     n_ref = torch.nn.utils.clip_grad_norm_(ref, 1.0)
     assert math.isinf(n_ref) and all((p.grad == 0).all() for p in ref)  # torch: norm inf, update silently gone
-    n_ours = C.clip_grad_norm_(ours, 1.0)
+    n_ours = D.clip_grad_norm_(ours, 1.0)
     expected = _norm64([p.grad.unsqueeze(0) for p in _model(3, 1e20).parameters()])[0]
     assert math.isfinite(n_ours) and n_ours.double() == pytest.approx(expected.item(), rel=1e-6)
     post = _norm64([p.grad.unsqueeze(0) for p in ours])[0]
@@ -371,7 +372,7 @@ def test_autoclip_threshold_is_np_percentile_of_history():
 def test_autoclip_dropin_matches_pseeth_reference():
     """pseeth/autoclip: history.append(norm); clip_grad_norm_(params, np.percentile(history, p))."""
     ours, ref = _model(5), _model(5)
-    auto, history = C.AutoClip(percentile=25.0), []
+    auto, history = D.AutoClip(percentile=25.0), []
     gen = torch.Generator().manual_seed(0)
     for _ in range(20):
         scale = float(torch.rand((), generator=gen) * 3)
@@ -415,7 +416,7 @@ def test_zclip_matches_official_code_and_skips_warmup():
     for i in (10, 30, 31, 45):  # a spike in warm-up (not clipped) and some after
         for g in steps[i]:
             g *= 8.0
-    zc, official = C.ZClip(), _OfficialZClip()
+    zc, official = D.ZClip(), _OfficialZClip()
     model = _model(0)
     for i, s in enumerate(steps):
         for p, g in zip(model.parameters(), s, strict=True):
