@@ -7,7 +7,8 @@ baseline (5 runs, 255 in all; they diverge in epoch 1), with every record the sw
 clip rates, validation curves), against ONE plain single-model run (reference.train_reference: nn.Module +
 torch.optim.SGD + clip_grad_norm_, 100 epochs) = T1. Target: the whole sweep <= 4 T1 (issue 12). Also the same sweep with the engine's records off (faster,
 but no clip rate and no norm heuristics), which shows what the engine's record mode costs. Also peak memory: the process's ru_maxrss before and after
-the sweep, and the bytes held by live torch tensors after the first epoch of each chunk (the biggest is printed).
+the sweeps, and the bytes held by live torch tensors after the first epoch of each chunk (the biggest is printed;
+measured in one more, untimed sweep, as the probe scans every Python object).
 Each round times every measure once, in turn (interleaved: a busy shared machine slows all alike); each figure
 is the best over rounds, in wall time and in this process's CPU time (steadier when other processes crowd
 the cores). The load average is printed with each round. torch uses one thread, as the engine does.
@@ -89,9 +90,9 @@ def main() -> None:
         if p.epoch == 1 and p.chunks_done not in tensors:  # once per chunk; the biggest counts
             tensors[p.chunks_done] = live_tensor_bytes()
 
-    def once(record=True):
+    def once(record=True, on_progress=None):
         ex = LocalExecutor(args.device, record=record)
-        return run_sweep(sweep, executor=ex, chunk_size=args.chunk_size, on_progress=probe if record else None)
+        return run_sweep(sweep, executor=ex, chunk_size=args.chunk_size, on_progress=on_progress)
 
     # interleaved, best of each: other processes on a small shared machine slow both alike
     timed(lambda: train_reference(plain_spec, dataset=ds))  # warm-up: first-call costs belong to no measure
@@ -111,6 +112,7 @@ def main() -> None:
         )
     plain, swept, fast = (min(x[0] for x in v) for v in (plains, sweeps, fasts))
     plain_c, swept_c, fast_c = (min(x[1] for x in v) for v in (plains, sweeps, fasts))
+    once(on_progress=probe)  # untimed: the live-tensor probe scans every Python object (gc), which takes a while
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     n = len(result.runs)
     ratio = swept / plain

@@ -16,6 +16,8 @@ from __future__ import annotations
 import ctypes
 import itertools
 import math
+import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -56,6 +58,24 @@ def value_bins(x: Tensor) -> Tensor:
     o = ((b >> 23) & 255).clamp_(112, 141).sub_(112)
     idx = o.bitwise_xor_(b >> 31).add_(30)  # b >> 31 is 0 for x >= +0, -1 (all ones) for x <= -0
     return idx.masked_fill_(x != x, _N_VALUE_BINS - 1)  # NaN: the only x with x != x
+
+
+_COMPILABLE_CLIPS = {"none", "value", "norm", "tensor-norm", "agc"}  # stateless rules: no host-side state to guard
+
+
+def compile_unsupported(kind: str, optimizers: set[str], strategies: set[str]) -> str | None:
+    """Why `--compile` cannot be used for this setup (None: it can). The compiled step needs the MLP's
+    hand-written backward, an optimizer without a step counter (Adam's bias correction would recompile every
+    step) and stateless clipping (AutoClip's history grows a column per step), and a C++ compiler for inductor."""
+    if kind != "mlp":
+        return "compiles the MLP only (the RNN uses autograd)"
+    if optimizers - {"sgd", "rmsprop"}:
+        return "compiles SGD and RMSprop only"
+    if strategies - _COMPILABLE_CLIPS:
+        return f"compiles stateless clipping only ({', '.join(sorted(_COMPILABLE_CLIPS))})"
+    if not shutil.which(os.environ.get("CXX", "g++")):
+        return "no C++ compiler found (g++ or $CXX)"
+    return None
 
 
 _HEAP_TUNED = False
@@ -119,6 +139,7 @@ class Engine:
         histograms: bool = True,
         hold: Callable[[], bool] | None = None,
         keep_records: bool = True,  # the caller keeps every record (priced by the cost model); sweeps do not
+        compile: bool = False,
     ):
         self.runs = list(runs)
         caps = caps or Caps.from_env()
@@ -181,6 +202,8 @@ class Engine:
         else:  # the RNN: autograd through models.forward
             self.net = None
             self.flat.requires_grad_(True)
+        # optional torch.compile of the step (off by default: the dashboard never waits on a compile)
+        self._setup_compile(compile)
         self.gens = [shuffle_generator(s) for s in self.seeds]
         self.n = self.x.shape[0]
         self.steps_per_epoch = -(-self.n // self.batch)
@@ -216,15 +239,60 @@ class Engine:
             last_hold = time.perf_counter()
         return False, last_hold
 
-    def _grads(self, xs: Tensor, ys: Tensor, lo: int, hi: int) -> tuple[Tensor, Tensor]:
+    def _grads(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
         """This step's per-run loss [K] and gradient [K, P]."""
         if self.net is not None:
-            return self.net.loss_and_grad(xs[:, lo:hi], ys[:, lo:hi]), self.grad
-        xb = xs[lo:hi] if xs.dim() == self.x.dim() else xs[:, lo:hi]  # shared rows, or per run
+            return self.net.loss_and_grad(xb, yb), self.grad
         pred = forward(self.model, self.layout.split(self.flat), xb)  # [K, B]
-        loss = F.mse_loss(pred, ys[:, lo:hi], reduction="none").mean(1)  # [K] per-run MSE
+        loss = F.mse_loss(pred, yb, reduction="none").mean(1)  # [K] per-run MSE
         (g,) = torch.autograd.grad(loss.sum(), self.flat)  # [K, P]
         return loss.detach(), g
+
+    def _step(self, xb: Tensor, yb: Tensor, pre: Tensor | None, post: Tensor | None) -> tuple[Tensor, Tensor, tuple]:
+        """One step: gradients, clip, optimizer. Returns (loss [K], finite [K], ClipStats); pre/post: [K, P]
+        slots for the value histograms' gradient copies, or None."""
+        loss, g = self._grads(xb, yb)
+        if pre is not None:
+            pre.copy_(g)
+        stats = self.clipper(g, self.flat.detach() if self.clipper.needs_params else None)
+        ok = torch.isfinite(loss + stats.pre_norm)  # both are >= 0: the sum is finite iff both are
+        self.alive &= ok
+        # a frozen run steps with zeros (its grads may hold NaN): its optimizer state stays finite
+        self.opt.step(g.masked_fill_(~self.alive.unsqueeze(1), 0.0), self.alive)
+        if post is not None:
+            post.copy_(g)
+        return loss, ok, tuple(stats)
+
+    def _compiled_step(self, *args) -> tuple[Tensor, Tensor, tuple]:
+        """_step through torch.compile; a batch shape seen for the first time counts as compile time."""
+        key = tuple(a.shape if a is not None else None for a in args)
+        if key in self._compiled_shapes:
+            return self._step_c(*args)
+        t = time.perf_counter()
+        try:
+            out = self._step_c(*args)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: train on, eagerly, and say so
+            self.compile_note = f"torch.compile failed ({type(exc).__name__}); training eagerly"
+            self._step_fn = self._step
+            return self._step(*args)
+        self.compile_seconds += time.perf_counter() - t
+        self._compiled_shapes.add(key)
+        return out
+
+    def _setup_compile(self, want: bool) -> None:
+        """Choose eager or compiled steps; compile_note says why a requested compile is not used (else None)."""
+        self._step_fn, self.compile_note, self.compile_seconds = self._step, None, 0.0
+        if not want:
+            return
+        why = compile_unsupported(
+            self.model.kind, {r.optim.name for r in self.runs}, {r.clip.strategy for r in self.runs}
+        )
+        if why:
+            self.compile_note = f"--compile: {why}; training eagerly"
+            return
+        self._step_c = torch.compile(self._step, dynamic=False)
+        self._compiled_shapes: set = set()
+        self._step_fn = self._compiled_step
 
     def _epoch_data(self) -> tuple[Tensor, Tensor]:
         """The epoch's shuffled rows: per group [G, N, ...] (mlp), else shared [N, ...] or per run [K, N, ...]."""
@@ -255,17 +323,13 @@ class Engine:
             stopped, last_hold = self._interrupted(last_hold)
             if stopped:
                 return None
-            loss, g = self._grads(xs, ys, s * self.batch, min(self.n, (s + 1) * self.batch))
-            if hist:
-                self.hist_buf[0, n_buf].copy_(g)
-            stats = self.clipper(g, self.flat.detach() if self.clipper.needs_params else None)
-            ok = torch.isfinite(loss + stats.pre_norm)  # both are >= 0: the sum is finite iff both are
-            self.alive &= ok
-            # a frozen run steps with zeros (its grads may hold NaN): its optimizer state stays finite
-            self.opt.step(g.masked_fill_(~self.alive.unsqueeze(1), 0.0), self.alive)
+            lo, hi = s * self.batch, min(self.n, (s + 1) * self.batch)
+            xb = xs[lo:hi] if self.net is None and xs.dim() == self.x.dim() else xs[:, lo:hi]  # rnn: shared rows
+            slots = (self.hist_buf[0, n_buf], self.hist_buf[1, n_buf]) if hist else (None, None)
+            loss, ok, stats = self._step_fn(xb, ys[:, lo:hi], *slots)
+            stats = clipping.ClipStats(*stats)
             losses[s], oks[s] = loss, ok
             if hist:
-                self.hist_buf[1, n_buf].copy_(g)
                 n_buf += 1
                 if n_buf == self.hist_buf.shape[1]:
                     self._bin_into(counts, n_buf)

@@ -88,7 +88,7 @@ class GroupedMLP:
         loss = diff.square().mean(-1).view(-1)  # [K]
         dz = diff.mul_(2.0 / b).view(g * d, 1, b)  # d mean((p - y)^2) / dp, [K, 1, B]
         gs = self.gs
-        torch.sum(dz, -1, out=gs[-1])  # [K, 1]
+        gs[-1].copy_(dz.sum(-1))  # [K, 1] (no out= into a strided view: torch.compile breaks its graph there)
         # bmm into a view of grad (batch stride P) takes a per-run slow path: ~20x slower, measured; copy instead
         gs[-2].copy_(torch.bmm(dz, saved[-1][1].transpose(1, 2)))  # [K, 1, H]
         # into the last hidden layer through the width-1 output: an outer product, cheaper than a bmm
@@ -96,7 +96,7 @@ class GroupedMLP:
         for i in range(self.depth, 0, -1):
             z, a = saved[i]
             dz = self.act_bwd(da, z, a)
-            torch.sum(dz, -1, out=gs[2 * i + 1])  # [K, H]
+            gs[2 * i + 1].copy_(dz.sum(-1))  # [K, H]
             gs[2 * i].copy_(torch.bmm(dz, saved[i - 1][1].transpose(1, 2)))  # [K, H, H]
             da = torch.bmm(self.hidden[i - 1][0].transpose(1, 2), dz)
         z, a = saved[0]

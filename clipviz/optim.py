@@ -36,13 +36,13 @@ class BatchedOptimizer:
     @torch.no_grad()
     def step(self, g: Tensor, alive: Tensor) -> None:
         """One update with gradient g [K, P]; runs with alive False keep their parameters (g must be finite there)."""
-        self.t += 1
         p, lr = self.flat, self.lr * alive.unsqueeze(1)  # [K, 1]: 0 for a frozen run
         if self.name == "sgd":
             # torch.optim.SGD: buf = m*buf + g (buf starts as g, equal to 0*m + g); p -= lr*buf
             buf = self.state.mul_(self.momentum).add_(g)
             p.addcmul_(buf, lr, value=-1.0)
         elif self.name == "adam":
+            self.t += 1  # adam's bias correction only (a counter torch.compile would guard on: sgd never moves it)
             b1, b2, eps = 0.9, 0.999, 1e-8
             bc1, bc2_sqrt = 1 - b1**self.t, (1 - b2**self.t) ** 0.5
             m, v = self.state, self.state2

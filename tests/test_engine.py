@@ -233,3 +233,24 @@ def test_value_bins_match_the_edges():
     want = np.where(np.signbit(v), neg, pos)
     np.testing.assert_array_equal(got[:-1], want)
     assert got[-1] == len(VALUE_EDGES) + 1  # NaN: the last bin
+
+
+def test_compile_falls_back_to_eager_with_a_note_where_it_cannot_compile(monkeypatch):
+    """--compile is off by default; where a setup cannot compile, the engine says why and trains eagerly."""
+    from clipviz import engine as engine_mod
+
+    base = _epochs(TUTORIAL, 1)
+    assert Engine(with_clips(base, [ClipSpec("norm", 1.0)]), device="cpu").compile_note is None
+    adam = replace(base, optim=replace(base.optim, name="adam", lr=0.001))
+    autoclip = with_clips(base, [ClipSpec("autoclip", 10.0)])
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    for runs, why in (
+        (with_clips(adam, [ClipSpec("norm", 1.0)]), "SGD and RMSprop"),
+        (autoclip, "stateless clipping"),
+        (with_clips(base, [ClipSpec("norm", 1.0)]), "no C++ compiler"),
+    ):
+        eng = Engine(runs, device="cpu", compile=True)
+        assert why in eng.compile_note and "eagerly" in eng.compile_note
+        eager = train(runs, device="cpu")
+        assert [r.val_loss for r in eng] == [r.val_loss for r in eager[0].records]  # trained, eagerly
+    assert "MLP" in engine_mod.compile_unsupported("rnn", {"sgd"}, {"norm"})
