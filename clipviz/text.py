@@ -32,9 +32,19 @@ def quote(text: object, limit: int = MAX_SHOWN) -> str:
     return repr(shorten(text, limit))
 
 
+ZWSP = "\u200b"  # zero-width space: invisible, and it breaks GFM's autolink literals
+_AUTOLINK = re.compile(r"(?i)(https?|ftp|mailto)(?=\\?:)|(www)(?=\\?\.)|(?=@)")
+
+
 def md_escape(text: object, limit: int = MAX_LINE) -> str:
-    """Shortened and backslash-escaped so Streamlit's markdown shows it literally (no links, images, html)."""
-    return _MD_SPECIAL.sub(r"\\\1", shorten(text, limit))
+    """Shortened and backslash-escaped so Streamlit's markdown shows it literally (no links, images, html).
+
+    Backslash escapes do not stop GFM's autolink literals (`http://host/p`, `www.x.y`, `a@b.c` become
+    links even when their punctuation is escaped, measured in Chromium), so a zero-width space goes after
+    each scheme name and `www`, and before each `@`: the text reads the same and no link is made.
+    """
+    escaped = _MD_SPECIAL.sub(r"\\\1", shorten(text, limit))
+    return _AUTOLINK.sub(lambda m: (m.group(0) or "") + ZWSP, escaped)
 
 
 def path_kind(st_mode: int) -> str | None:

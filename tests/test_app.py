@@ -40,7 +40,7 @@ def _ok(at: AppTest) -> None:
 
 def _errors(at: AppTest) -> str:
     """The banners' text as the user reads it: user values are markdown-escaped (text.md_escape)."""
-    return re.sub(r"\\(.)", r"\1", " | ".join(e.value for e in at.error))
+    return re.sub(r"\\(.)", r"\1", " | ".join(e.value for e in at.error)).replace("\u200b", "")
 
 
 def _train(at: AppTest, epochs: int, speed: str = "max") -> Job:

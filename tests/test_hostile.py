@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 from clipviz.__main__ import main
 from clipviz.config import TUTORIAL, Caps, ConfigError, DataSpec
 from clipviz.data import load_dataset, read_csv_table
-from clipviz.text import MAX_LINE, md_escape, shorten
+from clipviz.text import MAX_LINE, ZWSP, md_escape, shorten
 from clipviz.ui import controls, export
 from tests.test_app import APP, _errors, _fake_result, _ok
 
@@ -33,12 +33,16 @@ def _app(query: dict | None = None) -> AppTest:
 
 
 # ---- the one escaping helper ---------------------------------------------------------------------
-@pytest.mark.parametrize("text", [IMG, PHISH, "<img src=x onerror=alert(1)>", "http://127.0.0.1:8799/a", ":red[x]"])
+@pytest.mark.parametrize(
+    "text", [IMG, PHISH, "<img src=x onerror=alert(1)>", "http://127.0.0.1:8799/a", ":red[x]", "www.x.io", "a@b.io"]
+)
 def test_md_escape_leaves_no_markdown_syntax(text):
     out = md_escape(text)
-    assert re.sub(r"\\(.)", r"\1", out) == text  # reads as the original text...
+    assert re.sub(r"\\(.)", r"\1", out).replace(ZWSP, "") == text  # reads as the original text...
     for ch in "[]()<>!:":  # ...with every link, image, html and autolink character escaped
         assert not re.search(rf"(?<!\\){re.escape(ch)}", out), out
+    for literal in ("http://", "http\\://", "www.", "www\\.", "b@", "a@"):  # GFM autolinks: broken by a ZWSP
+        assert literal not in out, out
 
 
 def test_long_values_are_shortened_with_their_length():
@@ -55,7 +59,7 @@ def test_every_bound_key_with_a_markdown_image_is_named_and_escaped():
     at = _app({k: IMG for k in BOUND_KEYS[:9]})
     _ok(at)
     raw = " ".join(e.value for e in at.error)
-    assert "![x](" not in raw and "\\!\\[x\\]\\(http\\:" in raw  # escaped markdown: text, not an image
+    assert "![x](" not in raw and "\\!\\[x\\]\\(http\u200b\\:" in raw  # escaped markdown: text, not an image
     assert _errors(at).count(f"={IMG!r} was ignored") == 9
 
 
