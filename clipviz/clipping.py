@@ -174,8 +174,12 @@ class _NoClip(_Rule):
 
 
 class _Value(_Rule):
+    def __init__(self, thresholds, layout, state=None, agc_eps: float = 1e-3):
+        super().__init__(thresholds, layout)
+        self.c = thresholds.reshape(-1, 1).float()  # [Kg, 1]: clamp bounds in the gradient's dtype
+
     def __call__(self, g, w, gn, tn):
-        n_out = clip_by_value(g, self.thr.float().unsqueeze(1))
+        n_out = clip_by_value(g, self.c)
         return torch.linalg.vector_norm(g, dim=1, dtype=_F64), n_out > 0, n_out.to(_F64) / max(self.layout.numel, 1)
 
 
