@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from .config import PRESETS, Caps, ClipSpec, ConfigError, DataSpec, RunSpec, validate_runs, with_clips
+from .executors import workers_from_env
 from .strategies import REGISTRY
 from .sweep import (
     DEFAULT_CHUNK,
     DEFAULT_RANGES,
     METRICS,
     SWEEP_STRATEGIES,
+    LocalExecutor,
     LogRange,
     make_sweep,
     plan_chunks,
@@ -155,6 +158,38 @@ def write_outputs(results, args: argparse.Namespace, to_json, to_frame) -> None:
         print(f"wrote {args.csv}")
 
 
+def _add_executor_flags(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument(
+        "--executor",
+        choices=["local", "process", "ray"],
+        default=default,
+        help=f"where to train: local (this process), process (worker processes), ray (a Ray cluster) (default: {default})",
+    )
+    p.add_argument("--workers", type=_positive_int, help="worker processes for --executor process (default: cores)")
+    p.add_argument("--ray-address", help="Ray cluster for --executor ray (default: RAY_ADDRESS, else a local Ray)")
+
+
+def _remote_run(runs: list[RunSpec], args: argparse.Namespace) -> list:
+    """One comparison as a Job on worker processes or Ray (the controls and streaming the dashboard uses)."""
+    from .executors import WorkerPool
+    from .jobs import Job
+    from .ray_executor import RayExecutor
+
+    ex = RayExecutor(args.ray_address) if args.executor == "ray" else WorkerPool(args.workers)
+    try:
+        job = Job(runs, device=args.device, executor=ex).start()
+        t0, snap = time.perf_counter(), job.snapshot()
+        while not snap.finished:
+            snap = job.wait_until(lambda s, v=snap.version: s.version > v, 24 * 3600)
+            _progress(snap.epoch, snap.epochs, t0, args.quiet)
+    finally:
+        if isinstance(ex, WorkerPool):
+            ex.shutdown()
+    if snap.state == "failed":
+        raise ConfigError(f"training failed: {snap.error}")
+    return [rec for r in snap.results for rec in r.records]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .engine import Engine
     from .records import dumps, group_records, to_frame
@@ -171,6 +206,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     seeds = tuple(range(base.seed, base.seed + args.seeds))
     runs = with_clips(base, clips, seeds)
     validate_runs(runs)
+    if args.executor != "local":  # the single run needs no process hop; asked for, it gets one
+        records = _remote_run(runs, args)
+        results = group_records(runs, records)
+        print(summary_table(results))
+        write_outputs(results, args, dumps, to_frame)
+        return 0
     engine = Engine(runs, device=args.device, compile=args.compile)
     print(f"training {len(runs)} runs on {engine.device}: {', '.join(r.name for r in runs)}", file=sys.stderr)
     if engine.compile_note:
@@ -260,6 +301,7 @@ def add_sweep_parser(subparsers) -> None:
         "--metric", choices=sorted(METRICS), default="final_val", help="what 'best' means (default final_val)"
     )
     _add_setup_flags(p)
+    _add_executor_flags(p, os.environ.get("CLIPVIZ_EXECUTOR", "process").replace("inprocess", "local"))
     p.set_defaults(func=cmd_sweep, seeds=3)
 
 
@@ -287,7 +329,25 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     n = len(sweep.points())
     chunks = plan_chunks(sweep, args.chunk_size)
     print(f"sweeping {n} runs in {len(chunks)} lockstep job(s): {', '.join(sweep.strategies)} + none", file=sys.stderr)
-    result = run_sweep(sweep, chunk_size=args.chunk_size, device=args.device, on_progress=lambda p: _bar(p, args.quiet))
+    from .executors import ChunkExecutor, WorkerPool
+
+    pool = None
+    if args.executor == "ray":
+        from .ray_executor import RayExecutor
+
+        executor = RayExecutor(args.ray_address, device=args.device)
+    elif args.executor == "process":
+        pool = WorkerPool(min(args.workers or workers_from_env(), len(chunks)))
+        executor = ChunkExecutor(pool, device=args.device)
+    else:
+        executor = LocalExecutor(args.device)
+    try:
+        result = run_sweep(
+            sweep, executor=executor, chunk_size=args.chunk_size, on_progress=lambda p: _bar(p, args.quiet)
+        )
+    finally:
+        if pool is not None:
+            pool.shutdown()
     if not args.quiet:
         sys.stderr.write(f"\ndone in {result.elapsed:.1f}s\n")
     print(best_thresholds(result, args.metric))
@@ -313,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch.compile the training step (off by default): a one-off compile of about a minute, then "
         "faster steps; pays off only for long runs or big K. Falls back to eager, with a note, where it cannot",
     )
+    _add_executor_flags(run, "local")
     run.set_defaults(func=cmd_run)
     add_sweep_parser(sub)
     return parser

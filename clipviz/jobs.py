@@ -1,12 +1,13 @@
-"""Background jobs: a worker thread per job, a JobManager that caps how many train at once.
+"""Jobs in the server: their state, their controls, and a JobManager that caps how many train at once.
 
-`BackgroundJob` is what the manager queues: a thread, a stop event, a state and a queue position.
-`Job` (one comparison) and `clipviz.sweep.SweepJob` (a threshold sweep) are the two kinds; they
-share the manager's slots and FIFO queue, and a session may hold one of each. The worker writes its
-results into the job under a lock; the UI polls `snapshot()` (an immutable copy with a `version` to
-skip redraws). Play, pause, step and playback speed work like TensorFlow Playground's, and every
-wait is a Condition wait, so stop, resume, speed changes and shutdown wake the waiter at once. A
-reaper thread stops the jobs of closed tabs. Nothing here draws or imports streamlit at import.
+`BackgroundJob` is what the manager queues: a stop event, a state and a queue position. `Job` (one
+comparison) trains in an executor (clipviz.executors: a warm local worker process by default, Ray when
+configured, this process for tests) and only keeps what it streams back; `clipviz.sweep.SweepJob` (a
+threshold sweep) hands its chunks to the same executor from a thread that waits for them. Both share the
+manager's slots and FIFO queue, and a session may hold one of each. The UI polls `snapshot()` (an
+immutable copy with a `version` to skip redraws); every wait is a Condition wait. Play, pause, step and
+playback speed work like TensorFlow Playground's. A reaper thread stops the jobs of closed tabs.
+Nothing here draws or imports streamlit at import.
 """
 
 from __future__ import annotations
@@ -18,16 +19,15 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import torch
 
 from .config import Caps, ConfigError, RunSpec
 from .data import Dataset
-from .engine import Engine
-from .records import EpochRecord, RunResult
+from .records import RunResult
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,13 @@ class BackgroundJob:
         self._queue_position: int | None = None
         self._error: str | None = None
         self._version = 0
+        self._released = False  # the done hooks have run: the slot is free
+        self._busy_hooks: list[Callable[[], None]] = []  # JobManager's re-schedule when `busy` changes
+
+    @property
+    def busy(self) -> bool:
+        """Trains flat out, so it counts against the manager's cap (a sweep always does)."""
+        return True
 
     # ---- accessors (any thread) ---------------------------------------------------------------------
     @property
@@ -204,6 +211,9 @@ class BackgroundJob:
                 fn(arg)
             except Exception:
                 log.exception("clipviz %s job %s: completion callback failed", self.kind, self.id)
+        with self._cond:
+            self._released = True
+            self._cond.notify_all()
 
 
 # ---- one comparison -----------------------------------------------------------------------------
@@ -238,23 +248,12 @@ def _check_speed(speed: float | None) -> float | None:
     return float(speed)
 
 
-def _by_epoch(engine: Engine, k: int) -> Iterator[list[EpochRecord]]:
-    """Group the engine's records per epoch without asking for the next epoch early.
-
-    The engine yields one record per live run per epoch, and reports a run's divergence once, in
-    the epoch it died; so the count of the next epoch's records is known before it is computed.
-    """
-    it, live = iter(engine), k
-    while live > 0:
-        batch = list(itertools.islice(it, live))
-        if not batch:
-            return
-        yield batch
-        live -= sum(r.diverged is not None for r in batch)
-
-
 class Job(BackgroundJob):
-    """Train `runs` (one comparison) in a background thread; thread-safe accessors for the UI."""
+    """One comparison, trained by an executor (a worker process by default); thread-safe accessors for the UI.
+
+    The job itself only keeps what the worker streamed back (records per epoch, its state) and forwards
+    the controls; pause, step and pace are applied where the epochs are trained (clipviz.worker.Pacer).
+    """
 
     kind, what = "compare", "a training job"
 
@@ -269,17 +268,19 @@ class Job(BackgroundJob):
         on_done: Callable[[JobSnapshot], None] | None = None,
         paused: bool = False,  # start paused: the worker builds the engine, then waits for step/resume
         caps: Caps | None = None,
+        executor: Any = None,  # where it trains; None: the process's (clipviz.executors.get_executor)
     ):
         super().__init__(on_done)
         self.runs = list(runs)
         self._kw = dict(device=device, record=record, dataset=dataset, caps=caps)
+        self._executor = executor
+        self._handle: Any = None
         self._epoch = 0
         self._epochs = self.runs[0].optim.epochs if self.runs else 0
         self._results = [RunResult(s) for s in self.runs]
         self._speed = _check_speed(speed)
         self._paused = paused
-        self._steps = 0  # epochs granted by step_epoch while paused
-        self._stepping = False  # the epoch in progress was granted by a step: a pause waits for its end
+        self._steps = 0  # epochs granted by step_epoch before the job reached its worker
 
     def snapshot(self) -> JobSnapshot:
         return super().snapshot()
@@ -297,99 +298,144 @@ class Job(BackgroundJob):
             speed=self._speed,
         )
 
-    # ---- controls (any thread) ----------------------------------------------------------------------
-    def pause(self) -> None:
-        """Pause within ~0.1 s, mid-epoch if need be (state turns 'paused' once the worker is waiting).
+    @property
+    def busy(self) -> bool:
+        """Trains flat out: counts against the manager's cap (a paced or paused job mostly waits)."""
+        return self._speed is None and not self._paused
 
-        A step from a mid-epoch pause finishes that epoch; an epoch granted by a step runs to its end.
-        """
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The training thread when the executor is this process (InProcessExecutor); else None."""
+        return getattr(self._handle, "thread", None)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the job has ended and released its slot; True if it has (or never started)."""
         with self._cond:
-            self._paused = True
-            self._cond.notify_all()
+            if self._state == "queued" and self._handle is None:
+                return True
+            if not self._cond.wait_for(lambda: self._released, timeout):
+                return False
+        t = self.thread
+        if t is not None:
+            t.join(timeout)
+            return not t.is_alive()
+        return True
+
+    # ---- controls (any thread) ----------------------------------------------------------------------
+    def start(self):
+        """Hand the job to its executor now (a JobManager calls this when a slot frees). No-op unless queued.
+
+        If the executor refuses (no worker, Ray missing) the job fails (never raises): the server keeps going.
+        """
+        from .worker import CompareTask
+
+        with self._cond:
+            if self._state != "queued" or self._handle is not None:
+                return self
+            self._set_locked(state="running")
+            kw = self._kw
+            task = CompareTask(tuple(self.runs), kw["device"], kw["record"], kw["caps"], kw["dataset"])
+            task = replace(task, speed=self._speed, paused=self._paused, steps=self._steps)
+            try:
+                self._handle = (self._executor or _default_executor()).launch(task, self)
+                failed = False
+            except Exception as exc:
+                log.exception("clipviz %s job %s could not start", self.kind, self.id)
+                self._set_locked(state="failed", error=f"{type(exc).__name__}: {exc}")
+                failed = True
+        if failed:
+            self._finish()
+        return self
+
+    def stop(self) -> None:
+        """Stop soon (within or after the epoch in progress); what was trained stays in the job."""
+        with self._cond:
+            self._stop.set()
+            handle = self._handle
+            never_started = self._state == "queued" and handle is None
+            if never_started:
+                self._set_locked(state="stopped")
+        if handle is not None:
+            handle.send("stop")
+        if never_started:
+            self._finish()
+
+    def pause(self) -> None:
+        """Pause after the epoch in progress (state turns 'paused' once the worker is waiting)."""
+        self._control("pause", paused=True)
 
     def resume(self) -> None:
-        with self._cond:
-            self._paused, self._steps = False, 0
-            self._cond.notify_all()
+        self._control("resume", paused=False, steps=0)
 
     def step_epoch(self) -> None:
         """Train exactly one more epoch, then wait (pauses a playing job after the epoch in progress)."""
         with self._cond:
             if self._state in FINISHED:
                 return
-            if not self._paused:
-                self._paused, self._steps = True, 0
-            self._steps += 1
-            self._cond.notify_all()
+            steps = self._steps + 1 if self._paused else 1
+        self._control("step", paused=True, steps=steps)
 
     def set_speed(self, speed: float | None) -> None:
         """Playback speed in epochs per second; None = as fast as possible. Takes effect at once."""
         speed = _check_speed(speed)
-        with self._cond:
-            self._set_locked(speed=speed)
+        self._control("speed", speed, speed=speed)
 
-    # ---- the worker ---------------------------------------------------------------------------------
-    def _wait_turn(self, last_start: float | None) -> bool:
-        """Block until the next epoch may start (pause, step, pace); False once stopped."""
+    def _control(self, op: str, arg: Any = None, **mirror: Any) -> None:
+        """Mirror the control here (the snapshot, the cap's `busy`, a task not launched yet), then send it."""
         with self._cond:
-            while not self._stop.is_set():
-                if self._paused:
-                    if self._steps > 0:
-                        self._steps -= 1
-                        self._stepping = True
-                        if self._state != "running":
-                            self._set_locked(state="running")
-                        return True  # a step ignores the pace
-                    if self._state != "paused":
-                        self._set_locked(state="paused")
-                    self._cond.wait()
-                    continue
-                if self._state != "running":
-                    self._set_locked(state="running")
-                self._stepping = False
-                if self._speed is not None and last_start is not None:
-                    remaining = last_start + 1 / self._speed - time.monotonic()
-                    if remaining > 0:
-                        self._cond.wait(remaining)  # woken early by stop, pause or a speed change: re-check
-                        continue
-                return True
-            return False
+            was = self.busy
+            if "paused" in mirror:
+                self._paused = mirror["paused"]
+            if "steps" in mirror:
+                self._steps = mirror["steps"]
+            if "speed" in mirror:
+                self._speed = mirror["speed"]
+            self._set_locked()
+            handle, changed = self._handle, was != self.busy
+        if handle is not None:
+            handle.send(op, arg)
+        if changed:
+            for hook in list(self._busy_hooks):
+                hook()
 
-    def _hold(self) -> bool:
-        """The engine's between-steps hook: wait here while paused mid-epoch; False once stopped."""
+    # ---- what the executor reports (its dispatcher thread) --------------------------------------------------
+    def on_message(self, kind: str, *args: Any) -> None:
         with self._cond:
-            while self._paused and not self._stepping and not self._stop.is_set():
-                if self._steps > 0:  # a step finishes the epoch in progress
-                    self._steps -= 1
-                    self._stepping = True
-                    break
-                if self._state != "paused":
-                    self._set_locked(state="paused")
-                self._cond.wait()
-            if self._stop.is_set():
-                return False
-            if self._state != "running":
-                self._set_locked(state="running")
-            return True
-
-    def _train(self) -> str:
-        engine = Engine(self.runs, stop=self._stop, hold=self._hold, **self._kw)
-        with self._cond:
-            self._set_locked(epochs=engine.epochs)
-        batches, last_start, dead, finished = _by_epoch(engine, len(self.runs)), None, 0, False
-        while not finished and self._wait_turn(last_start):
-            last_start = time.monotonic()
-            batch = next(batches, None)
-            if batch is None:  # the engine saw the stop event
-                break
-            with self._cond:
-                for rec in batch:
+            if self._state in FINISHED:
+                return
+            if kind == "started":
+                self._set_locked(epochs=args[0])
+            elif kind == "epoch":
+                for rec in args[0]:
                     self._results[rec.run].records.append(rec)
-                self._set_locked(epoch=batch[0].epoch)
-            # done now, not after one more pace or pause: last epoch trained, or every run diverged
-            dead += sum(r.diverged is not None for r in batch)
-            finished = batch[0].epoch >= engine.epochs or dead == len(self.runs)
-        return "done" if finished else "stopped"
+                self._set_locked(epoch=args[0][0].epoch)
+            elif kind == "state":
+                self._set_locked(state=args[0])
+            elif kind == "end":
+                state, error = args[0], args[1]
+                if state == "failed":
+                    log.error("clipviz %s job %s failed: %s", self.kind, self.id, error)
+                self._set_locked(state=state, error=error)
+        if kind == "end":
+            self._finish()
+
+
+def _default_executor() -> Any:
+    from .executors import get_executor
+
+    return get_executor()
+
+
+def warm_up(wait: float = 0.0) -> None:
+    """Start the process's executor now and wait up to `wait` s for its workers to be ready (the server
+    calls it at its first page). Logs instead of raising: a missing Ray or a bad CLIPVIZ_WORKERS then
+    fails the first job with its message, in the page."""
+    try:
+        ex = _default_executor()
+        if wait and hasattr(ex, "wait_ready") and not ex.wait_ready(wait):
+            log.warning("clipviz: the worker processes were not ready after %g s; jobs wait for them", wait)
+    except Exception:
+        log.exception("clipviz: the executor could not start")
 
 
 # ---- the server's jobs --------------------------------------------------------------------------
@@ -398,11 +444,12 @@ class JobBusy(RuntimeError):
 
 
 class JobStats(NamedTuple):
-    running: int  # jobs holding a training slot (a stopped job holds it until its thread ends)
+    running: int  # jobs started and not ended (paced and paused ones included)
     queued: int
     max_running: int
 
 
+PACED_PER_SLOT = 4  # paced or paused jobs that may share one slot of the cap (see JobManager._schedule)
 REAP_INTERVAL = 10.0  # s between checks for closed tabs; streamlit itself keeps a disconnected session ~2 min
 
 
@@ -453,6 +500,7 @@ class JobManager:
                 current.stop()
             job.session_id = session_id
             job._hooks.append(self._release)
+            job._busy_hooks.append(self._reschedule)
             self._by_session[key] = job
             self._queue.append(job)
             self._schedule()
@@ -541,13 +589,30 @@ class JobManager:
                 log.exception("clipviz: reaping closed sessions failed")
 
     def _schedule(self) -> None:
-        """Start queued jobs while slots are free; renumber the rest. Caller holds the lock."""
-        while self._queue and len(self._running) < self.max_running:
-            job = self._queue.popleft()
+        """Start queued jobs (FIFO) while the cap allows; renumber the rest. Caller holds the lock.
+
+        The cap counts jobs that train flat out (`busy`): at most max_running of them, one per worker by
+        default. A paced or paused job mostly waits, so it does not hold a core: up to PACED_PER_SLOT of
+        them share a slot (the worker trains whichever is due), which keeps every session's first epoch
+        fast when a class presses Train at once. A job that turns busy while running is not preempted.
+        """
+        busy = sum(j.busy for j in self._running)
+        while self._queue and len(self._running) < self.max_running * PACED_PER_SLOT:
+            job = self._queue[0]
+            if job.busy and busy >= self.max_running:
+                break
+            self._queue.popleft()
             self._running.append(job)
+            busy += job.busy
             job.start()  # never raises: a job that cannot start fails and calls _release
         for i, job in enumerate(self._queue, 1):
             job._set_queue_position(i)
+
+    def _reschedule(self) -> None:
+        """A running job paused, resumed or changed its pace: a slot may have freed."""
+        with self._lock:
+            if not self._closed:
+                self._schedule()
 
     def _release(self, job: BackgroundJob) -> None:
         """A job ended (or was stopped while queued): free its slot and start the next."""

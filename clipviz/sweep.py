@@ -8,17 +8,10 @@ axis. Points that share a batch size train together as one batched engine job ("
 Diverged seeds are excluded from a point's median and counted (`summarize`).
 
 Scaling out. The runner only talks to an `Executor`: `map(chunks, on_epoch)` yields `(index, summaries)`
-as each chunk finishes, in any order, and `cancel()` stops it; chunks already yielded are kept. The
-default `LocalExecutor` trains the chunks one after another in this process. To spread a sweep over an
-existing cluster, use Ray rather than home-made code (not implemented here, Ray stays optional): wrap
-`train_chunk` as a remote function (`ray.remote(num_cpus=1)(train_chunk)`), submit one task per chunk
-(`refs = [remote.remote(runs, device="cpu") for runs in chunks]`, the specs are small frozen dataclasses
-and the summaries small lists, so both pickle cheaply), then stream results with
-`done, refs = ray.wait(refs, num_returns=1)` and `ray.get(done[0])` in a loop, yielding each chunk as it
-lands so the charts fill in; `cancel()` calls `ray.cancel(ref)` on the refs still pending. Per-epoch
-progress from remote tasks is optional (a Ray actor or queue); chunk-level progress and the ETA work
-without it. Each task loads the dataset itself (specs are deterministic) and should call
-`torch.set_num_threads(1)` per CPU it was given, as the engine does.
+as each chunk finishes, in any order, and `cancel()` stops it; chunks already yielded are kept.
+`LocalExecutor` trains the chunks one after another in this process; `clipviz.executors.ChunkExecutor`
+hands them to the local worker processes (one chunk per worker at a time); `clipviz.ray_executor.RayExecutor`
+fans them out as Ray tasks over a cluster. A chunk is a pure function of its specs (`train_chunk`).
 """
 
 from __future__ import annotations
@@ -286,6 +279,44 @@ class RunSummary:
     norm_p10: float = math.nan  # its 10th percentile (AutoClip's default); both nan if the run diverged
 
 
+class ChunkSummary:
+    """Folds one chunk's EpochRecords into a RunSummary per run (wherever the chunk trains)."""
+
+    def __init__(self, runs: Sequence[RunSpec], record: bool = True):
+        self.record = record
+        self.out = [RunSummary(r) for r in runs]
+        self.clipped = [0.0] * len(runs)
+        self.steps = [0] * len(runs)
+        self.norms: list[list[np.ndarray]] = [[] for _ in runs]  # each run's pre-clip norms, every step
+
+    def add(self, rec: Any) -> None:
+        s = self.out[rec.run]
+        n_steps = len(rec.grad_norm_pre)
+        self.clipped[rec.run] += rec.clip_rate * n_steps
+        self.steps[rec.run] += n_steps
+        s.epochs = rec.epoch
+        s.val_curve.append(rec.val_loss)
+        self.norms[rec.run].append(np.asarray(rec.grad_norm_pre, dtype=float))
+        if s.spec.clip.strategy == "none" and len(s.early_norms) < WARMUP_STEPS:
+            finite = [v for v in rec.grad_norm_pre if math.isfinite(v)]
+            s.early_norms += finite[: WARMUP_STEPS - len(s.early_norms)]
+        if rec.diverged:
+            s.diverged = rec.diverged
+        else:
+            s.final_train, s.final_val = rec.train_loss, rec.val_loss
+            if math.isfinite(rec.val_loss) and not rec.val_loss >= s.best_val:
+                s.best_val, s.best_epoch = rec.val_loss, rec.epoch
+
+    def finish(self) -> list[RunSummary]:
+        for s, c, n, ns in zip(self.out, self.clipped, self.steps, self.norms, strict=True):
+            s.clip_rate = c / n if n and self.record else (0.0 if self.record else math.nan)
+            if s.diverged:
+                s.final_train = s.final_val = math.nan
+            elif ns and (v := np.concatenate(ns)).size:
+                s.norm_median, s.norm_p10 = (float(q) for q in np.percentile(v, [50, AUTOCLIP_P]))
+        return self.out
+
+
 def train_chunk(
     runs: Sequence[RunSpec],
     *,
@@ -297,50 +328,26 @@ def train_chunk(
 ) -> list[RunSummary] | None:
     """Train one lockstep chunk and summarise each run; None if stopped before the end.
 
-    A pure function of its arguments (the dataset is rebuilt from the specs when not given): the unit a
-    cluster executor would ship to a worker. Value histograms are never needed here, so the engine skips
-    them; record=False also skips the per-step norms, but then clip_rate is nan and early_norms empty
-    (no clip-rate chart, no heuristics).
+    A pure function of its arguments (the dataset is rebuilt from the specs when not given): the unit an
+    executor ships to a worker. Value histograms are never needed here, so the engine skips them;
+    record=False also skips the per-step norms, but then clip_rate is nan and early_norms empty (no
+    clip-rate chart, no heuristics).
     """
     from .engine import Engine
 
     engine = Engine(
         list(runs), device=device, record=record, histograms=False, dataset=dataset, stop=stop, keep_records=False
     )
-    out = [RunSummary(r) for r in runs]
-    clipped = [0.0] * len(runs)
-    steps = [0] * len(runs)
-    norms: list[list[np.ndarray]] = [[] for _ in runs]  # each run's pre-clip norms, every step
+    summary = ChunkSummary(runs, record)
     last_epoch = 0
     for rec in engine:
-        s = out[rec.run]
-        n_steps = len(rec.grad_norm_pre)
-        clipped[rec.run] += rec.clip_rate * n_steps
-        steps[rec.run] += n_steps
-        s.epochs = rec.epoch
-        s.val_curve.append(rec.val_loss)
-        norms[rec.run].append(np.asarray(rec.grad_norm_pre, dtype=float))
-        if s.spec.clip.strategy == "none" and len(s.early_norms) < WARMUP_STEPS:
-            finite = [v for v in rec.grad_norm_pre if math.isfinite(v)]
-            s.early_norms += finite[: WARMUP_STEPS - len(s.early_norms)]
-        if rec.diverged:
-            s.diverged = rec.diverged
-        else:
-            s.final_train, s.final_val = rec.train_loss, rec.val_loss
-            if math.isfinite(rec.val_loss) and not rec.val_loss >= s.best_val:
-                s.best_val, s.best_epoch = rec.val_loss, rec.epoch
+        summary.add(rec)
         if on_epoch is not None and rec.epoch > last_epoch:
             last_epoch = rec.epoch
             on_epoch(rec.epoch, engine.epochs)
     if stop is not None and stop.is_set() and engine.epoch < engine.epochs and len(engine.reported_dead) < engine.k:
         return None  # stopped mid-chunk: its runs are unfinished, drop them
-    for s, c, n, ns in zip(out, clipped, steps, norms, strict=True):
-        s.clip_rate = c / n if n and record else (0.0 if record else math.nan)
-        if s.diverged:
-            s.final_train = s.final_val = math.nan
-        elif ns and (v := np.concatenate(ns)).size:
-            s.norm_median, s.norm_p10 = (float(q) for q in np.percentile(v, [50, AUTOCLIP_P]))
-    return out
+    return summary.finish()
 
 
 class Executor(Protocol):
@@ -494,12 +501,16 @@ class SweepJob(BackgroundJob):
         *,
         chunk_size: int = DEFAULT_CHUNK,
         device: str = "auto",
-        executor: Executor | None = None,  # default LocalExecutor(device)
+        executor: Executor | None = None,  # default: chunks go to the server's executor (worker processes)
         on_done: Callable[[SweepSnapshot], None] | None = None,
     ):
         super().__init__(on_done)
         self.sweep, self.chunk_size = sweep, chunk_size
-        self.executor = executor or LocalExecutor(device)
+        if executor is None:
+            from .executors import sweep_executor
+
+            executor = sweep_executor(device)
+        self.executor = executor
         self._result = SweepResult(sweep)
         self._progress: SweepProgress | None = None
 

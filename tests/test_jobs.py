@@ -1,6 +1,10 @@
 """Background jobs: streaming, stop/pause/step/pace, crashes, the FIFO queue, sessions, sweeps in the same
 queue, the reaper of closed tabs, no leaked threads.
 
+Jobs built without an executor train in the process's default one: the warm pool of worker processes
+(test_default_executor_is_the_worker_pool), so these tests cross the process boundary. Tests that swap
+the engine for a stand-in use the in-process executor, where a monkeypatch reaches.
+
 Every wait is on a Condition or Event with a bounded deadline (Job.wait_until, Event.wait, join);
 nothing sleeps in place of synchronisation.
 """
@@ -15,9 +19,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from clipviz import jobs
+from clipviz import jobs, worker
 from clipviz.config import TUTORIAL, TUTORIAL_CLIPS, ClipSpec, ConfigError, with_clips
 from clipviz.engine import Engine
+from clipviz.executors import InProcessExecutor, WorkerPool, get_executor
 from clipviz.jobs import Job, JobBusy, JobManager, get_manager, session_alive
 from clipviz.records import EpochRecord
 from clipviz.sweep import LocalExecutor, LogRange, RunSummary, SweepJob, make_sweep, plan_chunks
@@ -57,6 +62,11 @@ def manager():
         assert m.shutdown(T)
 
 
+def test_default_executor_is_the_worker_pool():
+    ex = get_executor()
+    assert isinstance(ex, WorkerPool) and ex is get_executor() and ex.wait_ready(60)
+
+
 def test_job_streams_records_and_finishes_the_tutorial():
     job = Job(_runs(5), device="cpu", paused=True).start()
     s0 = job.wait_until(lambda s: s.state == "paused", T)
@@ -75,7 +85,7 @@ def test_job_streams_records_and_finishes_the_tutorial():
     for label in ("value:5", "norm:1"):
         assert by[label].diverged is None and [e.epoch for e in by[label].records] == [1, 2, 3, 4, 5]
     assert _lengths(s1) == {"none": 1, "value:5": 1, "norm:1": 1}  # a snapshot is a copy: it never grows
-    assert job.join(1.0)
+    assert job.join(T) and job.thread is None  # it trained in a worker process, not in a thread here
 
 
 @pytest.mark.parametrize("where", ["between paced epochs", "while training"])
@@ -83,7 +93,7 @@ def test_stop_keeps_finished_epochs_and_ends_the_thread(where):
     job = Job(_runs(1000), device="cpu", speed=0.05 if where == "between paced epochs" else None).start()
     job.wait_until(lambda s: s.epoch >= (1 if where == "between paced epochs" else 3), T)
     job.stop()
-    assert job.join(1.0) and not job.thread.is_alive()
+    assert job.join(T)
     s = job.snapshot()
     assert s.state == "stopped" and 1 <= s.epoch < 1000 and s.error is None
     lengths = _lengths(s)
@@ -105,7 +115,7 @@ def test_pause_then_step_trains_exactly_one_epoch_each():
     with pytest.raises(TimeoutError):  # parked: no further epoch comes
         job.wait_until(lambda s: s.epoch > e + 3, 0.3)
     job.stop()
-    assert job.join(1.0) and job.snapshot().state == "stopped"
+    assert job.join(T) and job.snapshot().state == "stopped"
 
 
 def test_speed_paces_epochs_and_can_change_while_running():
@@ -141,12 +151,13 @@ def test_a_crash_fails_the_job_keeps_its_runs_and_frees_the_slot(monkeypatch, ca
                     raise RuntimeError("CUDA out of memory (pretend)")
                 yield rec
 
-    monkeypatch.setattr(jobs, "Engine", Exploding)
+    monkeypatch.setattr(worker, "Engine", Exploding)
     mgr = manager(1)
     done = threading.Event()
-    bad = mgr.submit(Job(_runs(5), device="cpu", on_done=lambda snap: done.set()), "s1")
-    good = mgr.submit(Job(_runs(2), device="cpu"), "s2")  # waits for bad's slot; never reaches epoch 3
-    with caplog.at_level(logging.ERROR, logger="clipviz.jobs"):
+    ex = InProcessExecutor()  # where the monkeypatch reaches
+    bad = mgr.submit(Job(_runs(5), device="cpu", on_done=lambda snap: done.set(), executor=ex), "s1")
+    good = mgr.submit(Job(_runs(2), device="cpu", executor=ex), "s2")  # waits for bad's slot; never reaches epoch 3
+    with caplog.at_level(logging.ERROR, logger="clipviz.worker"):
         s = bad.wait_until(lambda s: s.finished, T)
         assert done.wait(T)
         assert good.wait_until(lambda s: s.finished, T).state == "done"
@@ -174,6 +185,7 @@ class _Gated:
 
     def __init__(self, runs, *, stop, **_):
         self.runs, self.stop, self.epochs, self.epoch = runs, stop, runs[0].optim.epochs, 0
+        self.k = len(runs)
 
     def __iter__(self):
         tag, cls = self.runs[0].label, type(self)
@@ -201,12 +213,13 @@ class _Gated:
 
 @pytest.fixture
 def gated(monkeypatch):
-    monkeypatch.setattr(jobs, "Engine", _Gated)
+    monkeypatch.setattr(worker, "Engine", _Gated)
+    ex = InProcessExecutor()  # where the monkeypatch reaches
     _Gated.gates, _Gated.started, _Gated.threads, _Gated.now, _Gated.peak = {}, [], [], 0, 0
 
     def job(tag):
         _Gated.gates[tag] = threading.Event()
-        return Job([replace(TUTORIAL, label=tag, optim=replace(TUTORIAL.optim, epochs=2))])
+        return Job([replace(TUTORIAL, label=tag, optim=replace(TUTORIAL.optim, epochs=2))], executor=ex)
 
     yield job
     for g in _Gated.gates.values():
@@ -243,7 +256,7 @@ def test_one_job_per_session(manager):
         mgr.submit(Job(_runs(5), device="cpu"), "s")
     new = mgr.submit(Job(_runs(5), device="cpu"), "s", replace=True)
     assert mgr.job_for("s") is new
-    assert old.join(1.0)
+    assert old.join(T)
     s = old.snapshot()
     assert s.state == "stopped" and _lengths(s) == {"none": 1, "value:5": 1, "norm:1": 1}  # the app keeps these
     assert new.wait_until(lambda s: s.finished, T).state == "done"  # started once old freed the only slot
@@ -253,17 +266,36 @@ def test_one_job_per_session(manager):
 
 def test_cancel_session_stops_running_and_queued_jobs(manager):
     mgr = manager(1)
-    running = mgr.submit(Job(_runs(5), device="cpu", paused=True), "s1")
-    queued = mgr.submit(Job(_runs(5), device="cpu", paused=True), "s2")
+    running = mgr.submit(Job(_runs(1000), device="cpu"), "s1")  # flat out: holds the only slot
+    queued = mgr.submit(Job(_runs(5), device="cpu"), "s2")
     last = mgr.submit(Job(_runs(5), device="cpu"), "s3")
-    running.wait_until(lambda s: s.state == "paused", T)
+    running.wait_until(lambda s: s.epoch >= 1, T)
+    assert queued.snapshot().queue_position == 1 and last.snapshot().queue_position == 2
     assert mgr.cancel_session("s2") == [queued]
     assert queued.snapshot().state == "stopped" and queued.thread is None
     assert last.snapshot().queue_position == 1
     assert mgr.cancel_session("s1") == [running]
-    assert running.join(1.0) and not running.thread.is_alive()
+    assert running.join(T) and running.snapshot().state == "stopped"
     assert last.wait_until(lambda s: s.finished, T).state == "done"
-    assert last.join(1.0) and tuple(mgr.stats()) == (0, 0, 1) and mgr.job_for("s3") is None
+    assert last.join(T) and tuple(mgr.stats()) == (0, 0, 1) and mgr.job_for("s3") is None
+
+
+def test_paced_and_paused_jobs_share_a_slot_flat_out_jobs_queue(manager):
+    mgr = manager(1)
+    paced = [mgr.submit(Job(_runs(1000), device="cpu", speed=2.0), "p")]
+    paused = mgr.submit(Job(_runs(5), device="cpu", paused=True), "q")
+    flat = mgr.submit(Job(_runs(1000), device="cpu"), "f")  # the one slot's flat-out job
+    after = mgr.submit(Job(_runs(5), device="cpu"), "g")
+    for j in paced:  # every paced session sees its first epoch at once, none waits in the queue
+        j.wait_until(lambda s: s.epoch >= 1, T)
+    assert paused.wait_until(lambda s: s.state == "paused", T).epoch == 0
+    flat.wait_until(lambda s: s.epoch >= 1, T)
+    assert after.snapshot().queue_position == 1 and tuple(mgr.stats()) == (3, 1, 1)
+    flat.pause()  # no longer flat out: the queued job gets the slot
+    assert after.wait_until(lambda s: s.finished, T).state == "done"
+    for j in (*paced, paused, flat):
+        j.stop()
+        assert j.join(T)
 
 
 def test_reap_cancels_jobs_of_sessions_that_are_gone(manager):
@@ -271,7 +303,7 @@ def test_reap_cancels_jobs_of_sessions_that_are_gone(manager):
     alive = mgr.submit(Job(_runs(5), device="cpu", paused=True), "alive")
     dead = mgr.submit(Job(_runs(5), device="cpu", paused=True), "dead")
     assert mgr.reap(lambda sid: sid == "alive") == ["dead"]
-    assert dead.join(1.0) and dead.snapshot().state == "stopped" and mgr.job_for("dead") is None
+    assert dead.join(T) and dead.snapshot().state == "stopped" and mgr.job_for("dead") is None
 
     def broken(sid):
         raise RuntimeError("cannot tell")
@@ -288,8 +320,10 @@ def test_session_alive_without_runtime_and_manager_singleton():
 
 def test_bad_thread_setting_fails_the_job(monkeypatch):
     monkeypatch.setenv("CLIPVIZ_TORCH_THREADS", "two")
-    s = Job(_runs(2), device="cpu").start().wait_until(lambda s: s.finished, T)
+    s = Job(_runs(2), device="cpu", executor=InProcessExecutor()).start().wait_until(lambda s: s.finished, T)
     assert s.state == "failed" and "CLIPVIZ_TORCH_THREADS" in s.error
+    with pytest.raises(ConfigError, match="CLIPVIZ_TORCH_THREADS"):  # a pool asked for then says so too
+        WorkerPool(1)
 
 
 # ---- the reaper ---------------------------------------------------------------------------------

@@ -12,10 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipviz import jobs
-from clipviz import sweep as sweep_mod
+from clipviz import executors, jobs
 from clipviz.__main__ import main
-from clipviz.config import TUTORIAL, ConfigError
+from clipviz.config import TUTORIAL, ClipSpec, ConfigError
 from clipviz.jobs import Job, JobManager
 from clipviz.reference import train_reference
 from clipviz.sweep import (
@@ -285,7 +284,9 @@ def _finish(at, timeout: float = 60):
 
 
 def test_sweep_view_queues_behind_other_jobs_and_shows_its_position(tmp_path, one_slot):
-    blocker = one_slot.submit(Job([replace(TUTORIAL, label="other tab")], device="cpu", paused=True), "other-tab")
+    # norm-clipped (it does not diverge), 1000 epochs flat out: it holds the only slot until it is stopped below
+    long = replace(TUTORIAL, label="other tab", clip=ClipSpec("norm", 1.0), optim=replace(TUTORIAL.optim, epochs=1000))
+    blocker = one_slot.submit(Job([replace(long, seed=i) for i in range(8)], device="cpu"), "other-tab")
     at = _sweep_app(tmp_path)
     at.button(key="sw_run").click().run()
     assert not at.exception, at.exception
@@ -307,14 +308,17 @@ def test_sweep_view_queues_behind_other_jobs_and_shows_its_position(tmp_path, on
 
 
 def test_a_crashed_sweep_shows_its_error_keeps_finished_chunks_and_frees_the_slot(tmp_path, one_slot, monkeypatch):
-    class Exploding(sweep_mod.LocalExecutor):
+    class Exploding(executors.ChunkExecutor):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **{**kw, "parallel": 1})  # one chunk at a time: they finish in order
+
         def map(self, chunks, on_epoch=None):
             for i, res in super().map(chunks, on_epoch):
                 yield i, res
                 if i == 1:
                     raise RuntimeError("out of memory (pretend)")  # after the second of three chunks
 
-    monkeypatch.setattr(sweep_mod, "LocalExecutor", Exploding)
+    monkeypatch.setattr(executors, "ChunkExecutor", Exploding)
     at = _sweep_app(tmp_path)
     at.button(key="sw_run").click().run()
     snap = _finish(at)

@@ -8,7 +8,6 @@ A job's runs enter the history when it ends (done, stopped or failed): nothing t
 from __future__ import annotations
 
 import itertools
-import sys
 import threading
 from dataclasses import dataclass, field, replace
 
@@ -16,7 +15,7 @@ import streamlit as st
 
 from ..config import Caps, DataSpec, RunSpec
 from ..data import Dataset, load_dataset
-from ..jobs import Job, JobSnapshot, configure_torch_threads, get_manager
+from ..jobs import Job, JobSnapshot, configure_torch_threads, get_manager, warm_up
 from ..records import RunResult
 
 
@@ -124,15 +123,13 @@ def describe(s: StoredRun) -> str:
 
 
 # ---- the session ------------------------------------------------------------------------------
-@st.cache_resource
+@st.cache_resource(show_spinner="Starting the training workers…")
 def _threads_configured() -> int:
-    """Once per server process: torch threads (see jobs.py) and how fast a training thread gets the GIL back.
-
-    Each torch op releases the GIL; while script threads build charts, a training thread waits up to the
-    switch interval (5 ms by default) to take it back, ~80 times a step. Measured with 4 sessions on 2 cores:
-    jobs crawled at 7-10 epochs a minute with 5 ms and finished with 0.5 ms.
-    """
-    sys.setswitchinterval(0.0005)
+    """Once per server process: torch threads (see jobs.py), and the executor started and waited for, so
+    the worker processes have imported torch (seconds) before the first Train and its first epoch shows
+    at once. Training happens there, not in this process, so the server no longer shortens the GIL
+    switch interval for training threads."""
+    warm_up(wait=60.0)
     return configure_torch_threads()
 
 
