@@ -12,11 +12,14 @@ from dataclasses import replace
 
 import streamlit as st
 
-from clipviz.config import Caps, ClipSpec, ConfigError
-from clipviz.text import md_escape
-from clipviz.ui import charts, controls, export, lesson, state
-from clipviz.ui.cliff_view import render_cliff
-from clipviz.ui.sweep_view import render_sweep
+from clipviz.executors import warm_up
+
+warm_up()  # first, before the heavy imports: the training worker processes import torch meanwhile
+from clipviz.config import Caps, ClipSpec, ConfigError  # noqa: E402
+from clipviz.text import md_escape  # noqa: E402
+from clipviz.ui import charts, controls, export, lesson, state  # noqa: E402
+from clipviz.ui.cliff_view import render_cliff  # noqa: E402
+from clipviz.ui.sweep_view import render_sweep  # noqa: E402
 
 st.set_page_config(page_title="clipviz: gradient clipping side by side", page_icon="✂️", layout="wide")
 state.init_session()

@@ -61,6 +61,16 @@ def _notify(listener: Listener, kind: str, args: tuple) -> None:
         log.exception("clipviz: handling a %r message failed", kind)
 
 
+def torch_threads() -> int:
+    """Intra-op threads per training job: CLIPVIZ_TORCH_THREADS, default 1 (see clipviz.jobs)."""
+    raw = os.environ.get("CLIPVIZ_TORCH_THREADS", "").strip()
+    if not raw:
+        return 1
+    if not raw.isdigit() or int(raw) <= 0:
+        raise ConfigError(f"environment variable CLIPVIZ_TORCH_THREADS={raw!r} must be a positive integer")
+    return int(raw)
+
+
 def workers_from_env() -> int:
     """Worker processes: CLIPVIZ_WORKERS, default the core count."""
     raw = os.environ.get("CLIPVIZ_WORKERS", "").strip()
@@ -105,11 +115,9 @@ class _Worker:
 class WorkerPool:
     """Warm local worker processes; each trains its jobs (several when paced) and streams their records back."""
 
-    def __init__(self, workers: int | None = None, torch_threads: int | None = None):
-        from .jobs import torch_threads as threads_from_env
-
+    def __init__(self, workers: int | None = None, threads: int | None = None):
         self.size = workers or workers_from_env()
-        self._threads = torch_threads or threads_from_env()
+        self._threads = threads or torch_threads()
         self._lock = threading.Lock()
         self._tids = itertools.count(1)
         self._closed = False
@@ -376,3 +384,15 @@ def get_executor() -> Any:
             if hasattr(_executor, "shutdown"):
                 atexit.register(_executor.shutdown)
         return _executor
+
+
+def warm_up(wait: float = 0.0) -> None:
+    """Start the process's executor now and wait up to `wait` s for its workers to be ready. The app calls it
+    first thing, so the workers import torch while the server does. Logs instead of raising: a missing Ray
+    or a bad CLIPVIZ_WORKERS then fails the first job with its message, in the page."""
+    try:
+        ex = get_executor()
+        if wait and hasattr(ex, "wait_ready") and not ex.wait_ready(wait):
+            log.warning("clipviz: the worker processes were not ready after %g s; jobs wait for them", wait)
+    except Exception:
+        log.exception("clipviz: the executor could not start")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
 import threading
 import time
 from collections import deque
@@ -27,6 +26,7 @@ import torch
 
 from .config import Caps, ConfigError, RunSpec
 from .data import Dataset
+from .executors import torch_threads, warm_up  # noqa: F401 - re-exported: the UI and tests use them here
 from .records import RunResult
 
 log = logging.getLogger(__name__)
@@ -48,16 +48,6 @@ _ids = itertools.count(1)
 # each worker sets the same n for itself too (cheap, idempotent, and right even if the app forgot).
 # why 1: these models are tiny; with overlapping jobs, 2 intra-op threads each oversubscribe a
 # 2-core machine (three jobs: 45 s with 2 threads each, 18 s with 1).
-
-
-def torch_threads() -> int:
-    """Intra-op threads per training job: CLIPVIZ_TORCH_THREADS, default 1."""
-    raw = os.environ.get("CLIPVIZ_TORCH_THREADS", "").strip()
-    if not raw:
-        return 1
-    if not raw.isdigit() or int(raw) <= 0:
-        raise ConfigError(f"environment variable CLIPVIZ_TORCH_THREADS={raw!r} must be a positive integer")
-    return int(raw)
 
 
 def configure_torch_threads(n: int | None = None) -> int:
@@ -424,18 +414,6 @@ def _default_executor() -> Any:
     from .executors import get_executor
 
     return get_executor()
-
-
-def warm_up(wait: float = 0.0) -> None:
-    """Start the process's executor now and wait up to `wait` s for its workers to be ready (the server
-    calls it at its first page). Logs instead of raising: a missing Ray or a bad CLIPVIZ_WORKERS then
-    fails the first job with its message, in the page."""
-    try:
-        ex = _default_executor()
-        if wait and hasattr(ex, "wait_ready") and not ex.wait_ready(wait):
-            log.warning("clipviz: the worker processes were not ready after %g s; jobs wait for them", wait)
-    except Exception:
-        log.exception("clipviz: the executor could not start")
 
 
 # ---- the server's jobs --------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import streamlit as st
 
 from ..config import Caps, DataSpec, RunSpec
 from ..data import Dataset, load_dataset
-from ..jobs import Job, JobSnapshot, configure_torch_threads, get_manager, warm_up
+from ..jobs import Job, JobSnapshot, configure_torch_threads, get_manager
 from ..records import RunResult
 
 
@@ -123,13 +123,10 @@ def describe(s: StoredRun) -> str:
 
 
 # ---- the session ------------------------------------------------------------------------------
-@st.cache_resource(show_spinner="Starting the training workers…")
+@st.cache_resource
 def _threads_configured() -> int:
-    """Once per server process: torch threads (see jobs.py), and the executor started and waited for, so
-    the worker processes have imported torch (seconds) before the first Train and its first epoch shows
-    at once. Training happens there, not in this process, so the server no longer shortens the GIL
-    switch interval for training threads."""
-    warm_up(wait=60.0)
+    """Once per server process: torch threads (see jobs.py). Training happens in worker processes (app.py
+    starts them first thing), not here, so the server no longer shortens the GIL switch interval."""
     return configure_torch_threads()
 
 
