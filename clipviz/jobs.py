@@ -194,6 +194,9 @@ class BackgroundJob:
                 self._set_locked(state=state, error=error)
         if self._on_done is not None:
             self._call([(self._on_done, self.snapshot())])
+        with self._cond:
+            self._released = True  # join() returns from here on
+            self._cond.notify_all()
 
     def _call(self, calls: list) -> None:
         for fn, arg in calls:
@@ -201,9 +204,6 @@ class BackgroundJob:
                 fn(arg)
             except Exception:
                 log.exception("clipviz %s job %s: completion callback failed", self.kind, self.id)
-        with self._cond:
-            self._released = True
-            self._cond.notify_all()
 
 
 # ---- one comparison -----------------------------------------------------------------------------
@@ -401,13 +401,11 @@ class Job(BackgroundJob):
                 self._set_locked(epoch=args[0][0].epoch)
             elif kind == "state":
                 self._set_locked(state=args[0])
-            elif kind == "end":
-                state, error = args[0], args[1]
-                if state == "failed":
-                    log.error("clipviz %s job %s failed: %s", self.kind, self.id, error)
-                self._set_locked(state=state, error=error)
         if kind == "end":
-            self._finish()
+            state, error = args[0], args[1]
+            if state == "failed":
+                log.error("clipviz %s job %s failed: %s", self.kind, self.id, error)
+            self._finish(state, error)
 
 
 def _default_executor() -> Any:

@@ -105,7 +105,9 @@ class RayExecutor:
         threading.Thread(target=serve, args=(inbox, send), kwargs=kw, name=f"clipviz-ray-{tid}", daemon=True).start()
         return Handle(inbox.put, tid)
 
-    def _open(self, task: Any, stop: threading.Event, datasets: dict) -> tuple[int, Iterator[list]]:
+    def _open(self, task: Any, stop: threading.Event, datasets: dict, hold: Any = None) -> tuple[int, Iterator[list]]:
+        """An actor for the task; its epochs one call each. `hold` (mid-epoch pause) does not cross to Ray:
+        a pause there takes effect at the end of the epoch in progress."""
         ray = self.ray
         actor = self._actor.remote()
         try:

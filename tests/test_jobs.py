@@ -474,6 +474,7 @@ def test_cancel_session_stops_its_sweep_too(manager):
     assert ex.started.wait(T)
     assert mgr.cancel_session("s") == [running]
     assert running.join(T) and running.snapshot().state == "stopped" and not running.snapshot().result.complete
+    assert blocker.join(T)  # its worker confirms the stop asynchronously
     assert tuple(mgr.stats()) == (0, 0, 1) and mgr.job_for("s", "sweep") is None
 
 
