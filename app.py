@@ -93,7 +93,7 @@ if (train or st.session_state.pop("autostart", False)) and runs is not None:
 snap = state.current_snapshot()
 live = snap is not None and not snap.finished
 bar[1].button("Stop", key="stop", icon=":material/stop:", disabled=not live, on_click=_job_call, args=("stop",),
-              help="stop after this epoch; what was trained is kept")  # fmt: skip
+              help="stop now; finished epochs are kept, the one in progress is dropped")  # fmt: skip
 paused = live and snap.state == "paused"
 bar[2].button("Resume" if paused else "Pause", key="pause", icon=":material/pause:", disabled=not live, on_click=_job_call,
               args=("resume" if paused else "pause",))  # fmt: skip

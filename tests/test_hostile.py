@@ -234,3 +234,26 @@ def test_a_one_line_10mb_csv_gives_one_short_error_line(tmp_path, capsys):
     path.write_bytes(b"a" * 10_000_000)
     assert main(["sweep", "--data-csv", str(path), "--quiet"]) == 2
     assert "characters" in _one_line(capsys)
+
+
+def test_the_issues_sweep_is_refused_by_arithmetic_on_the_sweep_tab():
+    """Item 3: 6 strategies, thresholds 0.001:1e12:5000, 20 seeds, lr axis 0.001:1:100 (2.6 billion runs)."""
+    at = _app()
+    at.multiselect(key="sw_strategies").set_value(["value", "norm", "tensor-norm", "agc", "autoclip", "zclip"])
+    at.text_input(key="sw_thresholds").set_value("0.001:1e12:5000")
+    at.number_input(key="sw_seeds").set_value(20)
+    at.selectbox(key="sw_axis").set_value("learning rate").run()
+    at.text_input(key="sw_lrs").set_value("0.001:1:100").run()
+    _ok(at)
+    assert "over the limit of 5,000: fewer thresholds, seeds or axis values" in _errors(at)
+    assert at.button(key="sw_run").disabled
+
+
+def test_the_cached_dataset_is_one_shared_read_only_object():
+    """Item 9: every session and queued job gets the same Dataset, not a copy each."""
+    from clipviz.ui import state
+
+    a, b = state.cached_dataset(TUTORIAL.data), state.cached_dataset(TUTORIAL.data)
+    assert a is b and a.x_train.data_ptr() == b.x_train.data_ptr()
+    with pytest.raises(ValueError, match="read-only"):
+        a.y_train_raw[0] = 0.0
