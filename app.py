@@ -34,14 +34,32 @@ store = state.store()
 state.ingest_finished()
 
 # static CSS only (never user data): a tighter top margin so charts fit a 1280x720 projector
-_CSS = "[data-testid='stMainBlockContainer'] {padding-top: 3.5rem; padding-bottom: 1rem;}"
-_BIG = (
-    "[data-testid='stMain'] [data-testid='stMarkdown'] p, [data-testid='stMain'] [data-testid='stMarkdown'] li, "
-    "[data-testid='stMain'] [data-testid='stAlert'] p, [data-testid='stWidgetLabel'] p {font-size: 1.3rem !important;}"
+_CSS = (
+    "[data-testid='stMainBlockContainer'] {padding-top: 3.5rem; padding-bottom: 1rem;}"
+    ".st-key-run_status th, .st-key-run_status td {padding: 0.05rem 0.6rem;}"  # the seeds table: compact rows
 )
-bar = st.columns([1, 1, 1.1, 1, 1.7, 1.2, 1.5], vertical_alignment="bottom")
+# classroom: text a class can read (1.25rem body, >= 16 px everywhere) yet the loss chart and a gradient chart
+# above the fold at 1280x720: no page header (the sidebar keeps its own collapse button), tight gaps,
+# labels that wrap instead of being cut ("Classr…")
+_BIG = (
+    "[data-testid='stHeader'] {display: none;}"
+    "[data-testid='stMainBlockContainer'] {padding-top: 0.75rem !important;}"
+    "[data-testid='stMain'] [data-testid='stVerticalBlock'] {gap: 0.45rem;}"
+    "[data-testid='stMain'] [data-testid='stMarkdown'] p, [data-testid='stMain'] [data-testid='stMarkdown'] li, "
+    "[data-testid='stMain'] [data-testid='stAlert'] p, [data-testid='stSidebar'] [data-testid='stWidgetLabel'] p "
+    "{font-size: 1.25rem !important;}"
+    "[data-testid='stMain'] [data-testid='stWidgetLabel'] p, [data-testid='stMain'] button p, "
+    "[data-testid='stMain'] [data-testid='stTab'] p, [data-testid='stMain'] [data-testid='stCaptionContainer'] "
+    "{font-size: 1rem !important;}"
+    "[data-testid='stMain'] [data-testid='stButton'] button {padding-left: 0.45rem; padding-right: 0.45rem;}"
+    ".st-key-job_progress p, .st-key-cliff_progress p {font-size: 1.05rem !important;}"
+    ".st-key-run_status p, .st-key-run_status table {font-size: 1.1rem !important; line-height: 1.35;}"
+)
+bar = st.columns([1, 0.95, 1.1, 0.95, 1.3, 1.15, 1.5], vertical_alignment="bottom")
 classroom = bar[6].toggle("Classroom", key="classroom", bind="query-params", help="big fonts, fewer controls")
 st.markdown(f"<style>{_CSS}{_BIG if classroom else ''}</style>", unsafe_allow_html=True)
+chart_h = 380 if classroom else 400  # classroom: both charts above the fold at 1280x720 (test_browser.py measures)
+
 
 with st.sidebar:
     st.markdown("### ✂️ clipviz")
@@ -99,9 +117,10 @@ bar[2].button("Resume" if paused else "Pause", key="pause", icon=":material/paus
               args=("resume" if paused else "pause",))  # fmt: skip
 bar[3].button("Step", key="step", icon=":material/skip_next:", disabled=not live, on_click=_job_call, args=("step_epoch",),
               help="train exactly one more epoch, then pause")  # fmt: skip
-bar[4].select_slider("Epochs per second", controls.SPEEDS, value="20", key="speed", on_change=_set_speed)
+bar[4].select_slider("Epochs/s", controls.SPEEDS, value="20", key="speed", on_change=_set_speed,
+                     help="epochs trained per second (max: as fast as the machine can)")  # fmt: skip
 bar[5].button("5 seeds", key="repeat_seeds", icon=":material/replay:", disabled=runs is None, on_click=_repeat_seeds,
-              help="train each setting with 5 seeds: the Seeds view shows median and spread")  # fmt: skip
+              help="train each setting with 5 seeds: the loss chart shows median and spread")  # fmt: skip
 
 if st.session_state.url_problems:
     st.error("  \n".join(map(md_escape, st.session_state.url_problems)), icon=":material/link_off:")
@@ -125,6 +144,15 @@ def shown_runs() -> list:
 
 
 def status_lines(results) -> None:
+    groups = charts.seed_groups(results)
+    if any(len(g) > 1 for g in groups.values()):  # several seeds: one compact row per strategy, not one per run
+        table = charts.seed_table(results)
+        rows = ["| strategy | seeds | median final val | IQR | diverged |", "|---|---|---|---|---|"]
+        med = [f"{v:.4g}" if v == v else "–" for v in table.iloc[:, 2]]  # nan: every seed diverged
+        rows += [f"| `{r[0]}` | {r[1]} | {m} | {r[3]} | {r[4]} |" for r, m in zip(table.itertuples(index=False), med)]
+        with st.container(key="run_status"):
+            st.markdown("\n".join(rows))
+        return
     lines = []
     for r in results:
         last = r.final
@@ -137,38 +165,44 @@ def status_lines(results) -> None:
         st.markdown("  \n".join(lines))
 
 
-VIEWS = ("Norms", "One epoch", "Layers", "Clip rate", "Values", "Seeds")
+VIEWS = ("Norms", "One epoch", "Layers", "Clip rate", "Values")  # several seeds: the loss chart shows their band
 
 
 def figure(fn, results, *args, **kw):
     """charts.fn(results, ...) built once per data and arguments: polls of an unchanged job (paused, queued,
     finished, or a session watching while others train) reuse it instead of rebuilding it."""
-    key = (fn.__name__, tuple((r.spec, len(r.records)) for r in results), args, tuple(sorted(kw.items())))
+    key = (fn.__name__, tuple((r.spec, len(r.records)) for r in results), args, tuple(sorted(kw.items())), classroom)
     cache = st.session_state.setdefault("figure_cache", {})
     if key not in cache:
         if len(cache) >= 16:  # a few views x toggles; the oldest entry goes first
             cache.pop(next(iter(cache)))
-        cache[key] = fn(results, *args, **kw)
+        fig = fn(results, *args, **kw)
+        cache[key] = charts.for_projector(fig) if classroom else fig  # classroom: every text >= 16 px
     return cache[key]
 
 
 def gradient_chart(results, view: str, post: bool) -> None:
-    """The chosen gradient view (one epoch and values get an epoch slider)."""
+    """The chosen gradient view (one epoch and values get an epoch slider, under the chart: the chart stays high)."""
+    results = charts.pool_seeds(results)  # several seeds: one panel (or line) per strategy, its seeds pooled
+    epoch = None
     if view == "Layers":
-        fig = figure(charts.layer_norms, results, height=400)
+        fig = figure(charts.layer_norms, results, height=chart_h)
     elif view == "Clip rate":
-        fig = figure(charts.clip_rate, results, height=400)
-    elif view == "Seeds":
-        fig = figure(charts.seed_band, results, "val_loss", height=400)
+        fig = figure(charts.clip_rate, results, height=chart_h)
     elif view == "Norms":
-        fig = figure(charts.norm_distribution_grid, results, post=post, height=400)
+        fig = figure(charts.norm_distribution_grid, results, post=post, height=chart_h)
     else:
         last = max((r.final.epoch for r in results if r.final), default=1)
-        epoch = st.slider("Epoch", 1, last, last, key="hist_epoch") if last > 1 else last
-        fig = figure(
-            charts.epoch_histogram if view == "One epoch" else charts.value_histogram, results, epoch, post=post
-        )
+        chosen, shown_last = st.session_state.get("hist_epoch"), st.session_state.get("hist_last")
+        # follow the newest epoch while training unless the slider was moved off it
+        epoch = last if chosen is None or chosen == shown_last else min(max(1, int(chosen)), last)
+        st.session_state.hist_epoch, st.session_state.hist_last = epoch, last
+        hist = charts.epoch_histogram if view == "One epoch" else charts.value_histogram
+        fig = figure(hist, results, epoch, post=post, height=chart_h)
     st.plotly_chart(fig, key="chart_view")
+    st.caption(charts.CAPTIONS[view])
+    if epoch is not None and last > 1:
+        st.slider("Epoch", 1, last, key="hist_epoch")
 
 
 def live_view() -> None:
@@ -189,16 +223,30 @@ def live_view() -> None:
             status_lines(results)
         else:
             st.info("No runs to show yet. Train, or pick runs in the History tab.")
+    seeded = any(len(g) > 1 for g in charts.seed_groups(results).values())
+    band = seeded and prog.toggle("Median + IQR over seeds", value=True, key="seed_band", help="off: every seed")
     left, right = st.columns([1, 1.2])
     with left:
         c1, c2 = st.columns(2)
         log_y = c1.toggle("Log-scale loss", value=True, key="log_y")
         post = c2.toggle("After clipping", value=False, key="post_clip", help="gradients as the optimizer saw them")
-        st.plotly_chart(figure(charts.loss_curves, results, log_y=log_y, height=400), key="chart_loss")
+        if band:
+            st.plotly_chart(
+                figure(charts.seed_band, results, "val_loss", log_y=log_y, height=chart_h), key="chart_loss"
+            )
+            st.caption(charts.CAPTIONS["seeds"])
+        else:
+            x = st.session_state.get("loss_x", "epoch") or "epoch"
+            smooth = float(st.session_state.get("smoothing", 0.0))
+            fig = figure(charts.loss_curves, results, log_y=log_y, height=chart_h, x=x, smoothing=smooth)
+            st.plotly_chart(fig, key="chart_loss")
+            st.caption(charts.CAPTIONS["loss"])
+            d1, d2 = st.columns(2)
+            d1.segmented_control("x axis", ["epoch", "step"], default="epoch", key="loss_x")
+            d2.select_slider("Smoothing", [0.0, 0.5, 0.8, 0.9, 0.95], value=0.0, key="smoothing",
+                             help="exponential moving average, as in TensorBoard; the hover keeps the raw values")  # fmt: skip
     with right:
-        seeds = len({r.spec.seed for r in results}) > 1  # the seed view only when there is a spread to show
-        views = VIEWS if seeds else VIEWS[:-1]
-        view = st.segmented_control("Gradients", views, default=views[0], key="view", label_visibility="collapsed")
+        view = st.segmented_control("Gradients", VIEWS, default=VIEWS[0], key="view", label_visibility="collapsed")
         gradient_chart(results, view or VIEWS[0], post)
     if snap is not None and snap.finished and any(j.id == snap.job_id for j in st.session_state.jobs):
         st.rerun(scope="app")  # the job ended: store its runs and switch polling off

@@ -297,3 +297,41 @@ def screenshot_mid_comparison(path: Path, epoch: int = 30, speed: str = "5", vie
 if __name__ == "__main__":  # python tests/browser_util.py assets/dashboard.png
     out = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "assets" / "dashboard.png").resolve()
     print(f"{out}: {screenshot_mid_comparison(out)}")
+
+
+# ---- measuring the page ------------------------------------------------------------------------------
+# bounding box [left, top, right, bottom] of a keyed element (st.container(key=...) / widget key), or null
+JS_BOX = """(key) => { const e = document.querySelector('.st-key-' + key); if (!e) return null;
+    const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom].map(Math.round); }"""
+# every visible piece of text the page cut off (an ellipsis, or content wider than its box that is not shown)
+JS_CUT = """() => { const out = [];
+    document.querySelectorAll('[data-testid=stMain] *, [data-testid=stSidebar] *').forEach(e => {
+        if (!e.offsetParent || !e.textContent.trim() || e.closest('.js-plotly-plot')) return;
+        const cs = getComputedStyle(e);
+        if (e.scrollWidth > e.clientWidth + 1 && (cs.overflowX !== 'visible' || cs.textOverflow === 'ellipsis'))
+            out.push(e.textContent.trim().slice(0, 40));
+    }); return out; }"""
+# font sizes (px) of every text in a keyed plotly chart: ticks, axis titles, legend, annotations
+JS_CHART_FONTS = """(key) => [...document.querySelectorAll('.st-key-' + key + ' .main-svg text')]
+    .filter(t => t.textContent.trim()).map(t => parseFloat(getComputedStyle(t).fontSize))"""
+
+
+def box(page, key: str) -> list[int] | None:
+    return page.evaluate(JS_BOX, key)
+
+
+def cut_texts(page) -> list[str]:
+    return page.evaluate(JS_CUT)
+
+
+def chart_fonts(page, key: str) -> list[float]:
+    return page.evaluate(JS_CHART_FONTS, key)
+
+
+def wait_chart_title(page, key: str, text: str, timeout_ms: float = 20_000) -> None:
+    """Until the keyed plotly chart's title contains text (plotly has drawn the new figure)."""
+    page.wait_for_function(
+        "([k, t]) => (document.querySelector('.st-key-' + k + ' .gtitle') || {}).textContent?.includes(t)",
+        arg=[key, text],
+        timeout=timeout_ms,
+    )

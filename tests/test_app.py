@@ -24,6 +24,7 @@ def _reject_constant(name: str):
     """json.loads accepts NaN/Infinity by default; strict JSON may not contain them."""
     raise ValueError(f"non-strict JSON constant {name}")
 
+
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 JOIN_S = 60  # a bound on one short job's thread, never a stand-in for synchronisation
 

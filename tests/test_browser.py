@@ -8,6 +8,7 @@ tail is printed when a test fails.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 
 import pytest
@@ -161,3 +162,98 @@ def test_the_memory_exhaustion_link_is_refused_and_the_server_stays_small(server
         peak = bu.proc_status(server.pid)["VmHWM"] * 1024  # the server's peak RSS so far, bytes
         print(f"server peak RSS {peak / 2**20:.0f} MB")
         assert peak < Caps.from_env().max_memory_mb * 2**20
+
+
+# ---- the pictures: projector layout, before|after, 5 seeds, the cliff ----------------------------------
+# CLIPVIZ_SHOTS=1 writes the screenshots into assets/ (the README shows them); otherwise into the test's tmp dir
+SHOTS = bu.ROOT / "assets" if os.environ.get("CLIPVIZ_SHOTS") else None
+MODES = {"1280-classroom": ({"width": 1280, "height": 720}, "classroom=true")}
+if SHOTS:  # the README's 1440x900 pictures too (2 more minutes on 2 cores: only when refreshing them)
+    MODES["1440"] = ({"width": 1440, "height": 900}, "")
+
+
+def _shot(page, tmp_path, name: str, record_property) -> None:
+    page.mouse.move(page.viewport_size["width"] - 3, page.viewport_size["height"] - 3)  # no tooltip in the picture
+    page.wait_for_timeout(300)  # a picture, not a test: let a tooltip fade
+    path = (SHOTS or tmp_path) / f"{name}.png"
+    page.evaluate("() => document.querySelectorAll('*').forEach(e => { if (e.scrollTop) e.scrollTop = 0; })")
+    page.screenshot(path=str(path))
+    record_property(name, str(path))
+
+
+def _seeds_done(page, timeout_ms: float) -> None:
+    page.wait_for_function(
+        "([p]) => document.querySelector('.st-key-run_status table') && /epoch 100\\/100 · done/"
+        ".test(document.querySelector(p)?.textContent || '')",
+        arg=[bu.PROGRESS],
+        timeout=timeout_ms,
+    )
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_pictures_fit_the_screen_and_tell_the_story(server, browser, tmp_path, record_property, mode):
+    viewport, query = MODES[mode]
+    context = browser.new_context(viewport=viewport)
+    page = context.new_page()
+    try:
+        with server_log_on_failure(server):
+            bu.open_app(page, f"{server.url}/?{query}", timeout_ms=45_000)
+            bu.set_speed(page, "5")
+            page.locator(bu.TRAIN).click()
+            bu.wait_epoch(page, 25, timeout_ms=60_000)
+            bu.wait_chart_title(page, "chart_loss", "Loss")
+            # above the fold: the loss chart and the gradient chart lie wholly inside the window
+            h = viewport["height"]
+            for key in ("chart_loss", "chart_view"):
+                left, top, right, bottom = bu.box(page, key)
+                record_property(f"{key}_box", [left, top, right, bottom])
+                print(f"{mode} {key}: top {top} px, bottom {bottom} px of {h}")
+                assert 0 <= top and bottom <= h, (key, top, bottom, h)
+            # nothing cut: no label or button text wider than its box
+            assert bu.cut_texts(page) == [], bu.cut_texts(page)
+            if query:  # classroom: every chart text is at least 16 px
+                fonts = bu.chart_fonts(page, "chart_loss") + bu.chart_fonts(page, "chart_view")
+                print(f"{mode}: {len(fonts)} chart texts, smallest {min(fonts)} px")
+                assert fonts and min(fonts) >= 16, sorted(fonts)[:5]
+            _shot(page, tmp_path, f"compare-{mode}", record_property)
+
+            page.locator(".st-key-view").get_by_text("Values", exact=True).click()  # still training
+            bu.wait_chart_title(page, "chart_view", "before | after")
+            assert bu.cut_texts(page) == [], bu.cut_texts(page)
+            _shot(page, tmp_path, f"values-{mode}", record_property)
+            page.locator(".st-key-stop button:visible").click()
+            bu.wait_done(page, timeout_ms=30_000)  # 'stopped'
+            bu.set_speed(page, "max")
+
+            page.locator(".st-key-repeat_seeds button:visible").click()
+            _seeds_done(page, timeout_ms=90_000)
+            bu.wait_chart_title(page, "chart_loss", "Spread over seeds")
+            rows = page.locator(".st-key-run_status table tbody tr").all_inner_texts()
+            assert len(rows) == 3 and "5/5" in rows[0] and "0/5" in rows[1] and "0/5" in rows[2], rows
+            left, top, right, bottom = bu.box(page, "chart_loss")
+            assert bottom <= h, ("5 seeds: the loss chart fell below the fold", bottom, h)
+            assert bu.cut_texts(page) == [], bu.cut_texts(page)
+            _shot(page, tmp_path, f"seeds-{mode}", record_property)
+
+            page.get_by_role("tab", name="Cliff").click()
+            page.locator(".st-key-cliff_play_btn button:visible").wait_for(state="visible", timeout=20_000)
+            thumb = page.locator('.st-key-cliff_speed input[type="range"]').first
+            thumb.focus()
+            thumb.press("End")  # fast
+            bu.wait_idle(page)
+            page.locator(".st-key-cliff_play_btn button:visible").click()
+            page.wait_for_function(
+                "() => /step 50\\/50 · paused/.test(document.querySelector('.st-key-cliff_progress')?.textContent)",
+                timeout=90_000,
+            )  # the animation ran to its last step and stopped by itself
+            status = page.locator(".st-key-cliff_status").inner_text().splitlines()
+            assert len(status) == 3 and status[0].startswith("none") and "thrown out of the valley" in status[0]
+            assert all("stays by the valley" in line for line in status[1:]), status
+            bu.wait_chart_title(page, "cliff_chart", "step 50/50")
+            left, top, right, bottom = bu.box(page, "cliff_chart")
+            assert bottom <= h, ("the cliff falls below the fold", bottom, h)
+            assert bu.cut_texts(page) == [], bu.cut_texts(page)
+            _shot(page, tmp_path, f"cliff-{mode}", record_property)
+            assert page.locator(bu.EXCEPTION).count() == 0
+    finally:
+        context.close()

@@ -181,7 +181,12 @@ def test_norm_grid_shares_axes_one_column_per_run(tutorial):
     fig = charts.norm_distribution_grid(tutorial)
     heatmaps = [t for t in fig.data if isinstance(t, go.Heatmap)]
     assert len(heatmaps) == 3 and len({tuple(h.y) for h in heatmaps}) == 1
-    assert fig.layout.yaxis2.matches == "y" and fig.layout.xaxis3.matches == "x"  # same axes in every column
+    assert fig.layout.yaxis2.matches == "y"  # same norm axis in every column
+    # the epoch axis: each panel as wide as the epochs its run trained (a run that diverged in epoch 1 gets a narrow
+    # one, at least 35% of a full panel), so an epoch has the same width in every panel that is not clamped
+    assert list(fig.layout.xaxis3.range) == [0.5, 3.5] and list(fig.layout.xaxis2.range) == [0.5, 3.5]
+    d1, d3 = (fig.layout[f"xaxis{k}"].domain for k in ("", "3"))
+    assert (d1[1] - d1[0]) < 0.5 * (d3[1] - d3[0])
     assert all(h.coloraxis == "coloraxis" for h in heatmaps)  # one colour scale for all runs
 
 
@@ -221,7 +226,7 @@ def test_clip_rate_adds_element_panel_for_value_clipping(tutorial):
 
 
 def test_value_histogram_marks_clip_value_and_nan(tutorial):
-    fig = charts.value_histogram(tutorial, post=False)
+    fig = charts.value_histogram(tutorial, post=False, both=False)
     bars = [t for t in fig.data if isinstance(t, go.Bar)]
     assert len(bars) == 3 and all(len(b.y) == N_VALUE - 1 for b in bars)
     assert sum(v or 0 for v in bars[1].y) == 3 * 20  # summed over the 3 epochs
@@ -316,7 +321,11 @@ def test_titles_are_short_and_legends_sit_below_the_plot(tutorial):
 
 def test_loss_legend_has_one_entry_per_run(tutorial):
     fig = charts.loss_curves(tutorial)
-    assert [t.name for t in fig.data if t.showlegend is not False] == ["none", "value:5", "norm:1"]
+    # one entry per run, then one per line style (black): a legend a class can read with 3 or 15 runs
+    names = [t.name for t in fig.data if t.showlegend is not False]
+    assert names == ["none", "value:5", "norm:1", "train loss", "val loss"]
+    styles = {t.name: (t.line.dash, t.line.color) for t in fig.data if t.name in ("train loss", "val loss")}
+    assert styles == {"train loss": ("solid", "black"), "val loss": ("dash", "black")}
     assert charts.loss_curves(tutorial, which=("val",)).layout.title.text == "Loss: val"
 
 
@@ -366,3 +375,82 @@ def test_empty_panel_keeps_its_axes(tutorial):
     assert any(t.xaxis == "x" and t.yaxis == "y" for t in fig.data)  # else plotly drops the axes the note sits on
     (note,) = [a for a in fig.layout.annotations if "no record for epoch 3" in a.text]
     assert note.xref == "x domain"
+
+
+def test_loss_chart_marks_divergence_in_the_runs_colour_and_ticks_decades(tutorial):
+    fig = charts.loss_curves(tutorial)
+    none = next(t for t in fig.data if t.text and "diverged" in t.text[0])
+    assert none.marker.color == charts.strategy_color("none") == none.textfont.color
+    assert fig.layout.yaxis.dtick == 1  # powers of ten only on the log axis
+
+
+def test_loss_chart_steps_axis_and_smoothing(tutorial):
+    raw = charts.loss_curves(tutorial)
+    fig = charts.loss_curves(tutorial, x="step", smoothing=0.6)
+    line = next(t for t in fig.data if t.name == "value:5")
+    steps = len(tutorial[1].records[0].grad_norm_pre)
+    assert list(line.x) == [r.epoch * steps for r in tutorial[1].records]
+    assert list(line.customdata) == [r.train_loss for r in tutorial[1].records]  # raw values in the hover
+    assert line.y[0] == pytest.approx(line.customdata[0])  # debiased: the first point is the raw value
+    assert line.y != next(t for t in raw.data if t.name == "value:5").y
+    assert fig.layout.xaxis.title.text == "optimizer step"
+
+
+def test_projector_copy_has_every_text_at_16px_or_more(tutorial):
+    for fig in (
+        charts.loss_curves(tutorial),
+        charts.norm_distribution_grid(tutorial),
+        charts.value_histogram(tutorial),
+    ):
+        big = charts.for_projector(fig)
+        axes = [big.layout[k] for k in big.layout if k.startswith(("xaxis", "yaxis"))]
+        assert axes and all(a.tickfont.size >= 16 for a in axes)
+        assert all(a.font.size >= 16 for a in big.layout.annotations)
+        assert big.layout.legend.font.size >= 16
+        if big.layout.coloraxis.colorbar.title.text:
+            assert big.layout.coloraxis.colorbar.title.font.size >= 16
+        assert fig.layout.font.size == 16 and fig is not big  # the original is untouched
+
+
+def test_values_before_and_after_share_a_panel_and_the_pile_up_has_its_own_colour(tutorial):
+    fig = charts.value_histogram(tutorial)
+    value = tutorial[1]  # value:5
+    bars = [t for t in fig.data if isinstance(t, go.Bar)]
+    outlines = [t for t in fig.data if t.name == "before clipping"]
+    piles = [t for t in bars if t.name == "piled up at ±c"]
+    bars = [t for t in bars if t.name != "piled up at ±c"]
+    assert len(bars) == 3 and len(outlines) == 3  # after (bars) and before (outline) in every run's panel
+    assert len(piles) == 1 and list(piles[0].x) == pytest.approx([-charts._symlog(5.0), charts._symlog(5.0)])
+    assert bars[1].xaxis == outlines[1].xaxis  # the same axes: one picture
+    pile = [i for i, col in enumerate(bars[1].marker.color) if col == charts._PILE]
+    edges = charts.VALUE_EDGES
+    assert [(edges[i - 1], edges[i]) for i in pile] == [(-8.0, -4.0), (4.0, 8.0)]  # the bins holding ±5
+    assert not any(col == charts._PILE for col in bars[2].marker.color)  # norm clipping piles nothing up
+    frac = np.mean([r.elem_clip_frac for r in value.records])
+    assert any(a.text == f"{frac:.1%} clipped" for a in fig.layout.annotations)
+    ticks = list(zip(fig.layout.xaxis.tickvals, fig.layout.xaxis.ticktext, strict=True))
+    assert [t for _, t in ticks] == ["-100", "0", "100", "NaN"]  # real values, not positions
+    assert ticks[2][0] == pytest.approx(charts._symlog(100.0))
+    assert [t.name for t in fig.data if t.showlegend] == ["after clipping", "before clipping", "piled up at ±c"]
+
+
+def test_seeds_pool_into_one_norm_panel_and_one_table_row_per_strategy():
+    value = [_run("value", 5.0, (10.0 * s, 5.0 * s, 2.0 * s), seed=s) for s in (1, 2, 3, 4, 5)]
+    value[4].records[-1].diverged = (3, 2)
+    value[4].records[-1].val_loss = INF
+    norm = [_run("norm", 1.0, (30.0, 20.0, 10.0 + s), seed=s) for s in (1, 2, 3, 4, 5)]
+    pooled = charts.pool_seeds(value + norm)
+    assert [p.label for p in pooled] == ["value:5 ×5 (1✕)", "norm:1 ×5"]
+    per_step = len(value[0].records[0].grad_norm_pre)
+    assert all(len(r.grad_norm_pre) == 5 * per_step for r in pooled[1].records)
+    hist = np.sum([r.records[0].value_hist_post for r in norm], axis=0)
+    assert pooled[1].records[0].value_hist_post == list(hist)  # value counts summed over the seeds
+    assert len(charts.value_histogram(pooled).data) < len(charts.value_histogram(value + norm).data)
+    fig = charts.norm_distribution_grid(pooled)
+    assert len([t for t in fig.data if isinstance(t, go.Heatmap)]) == 2  # panels per strategy, not per run
+    table = charts.seed_table(value + norm)
+    assert list(table["strategy"]) == ["value:5", "norm:1"] and list(table["diverged"]) == ["1/5", "0/5"]
+    finals = sorted(2.2 * s for s in (1, 2, 3, 4))  # val = 1.1 x train; the diverged seed is left out
+    assert table["median final val_loss"][0] == pytest.approx(np.median(finals))
+    band = charts.seed_band(value + norm)
+    assert len([t for t in band.data if t.showlegend is not False and t.name]) == 2  # one legend entry per strategy

@@ -136,10 +136,33 @@ def _bad_points(xs, ys, log: bool, top: float, bottom: float, res: RunResult, wh
     return _marks([x for x, _ in bad], [bottom if lw else top for lw in low], hover, symbol=sym, group=group)
 
 
-def _div_marker(res: RunResult, y: float, group: str, text: str = "", pos: str = "middle right") -> go.Scatter:
-    """A red x at the epoch the run diverged, at height y, optionally labelled."""
-    return _marks([res.diverged[0]], [y], [f"{res.label}: {_diverged_text(res)}"], [text] if text else None,
+def _div_marker(
+    res: RunResult, y: float, group: str, text: str = "", pos: str = "middle right", color: str | None = None
+) -> go.Scatter:
+    """An x at the epoch the run diverged, at height y, optionally labelled; in the run's colour when given
+    (red otherwise), outlined in black so a grey 'none' still reads as a marker."""
+    mark = _marks([res.diverged[0]], [y], [f"{res.label}: {_diverged_text(res)}"], [text] if text else None,
                   group=group, pos=pos)  # fmt: skip
+    if color:
+        mark.marker.color, mark.marker.line = color, dict(width=1.5, color="black")
+        mark.textfont.color = color
+    return mark
+
+
+# one line under each chart: what you are looking at, for a class that has not read the docs
+CAPTIONS = {
+    "loss": "Loss per epoch, one colour per strategy: solid = training, dashed = validation; ✕ = the run diverged "
+    "(its loss became inf or NaN) there.",
+    "seeds": "Median over the seeds (line) and the middle half of them (band, IQR); ✕ = a seed diverged. One seed can "
+    "mislead: this is the spread.",
+    "Norms": "Each column is an epoch, each row a range of gradient norms ‖g‖; colour = how many steps fell there. "
+    "Dashed: the clip threshold. Top row: steps whose norm was inf or NaN.",
+    "One epoch": "How many steps of one epoch had each gradient norm, all runs overlaid (log bins).",
+    "Layers": "Mean gradient norm of each weight and bias tensor per epoch, before clipping (dotted: biases).",
+    "Clip rate": "How often the clip changed the gradient: share of steps (top) and, for value clipping, of elements.",
+    "Values": "Every gradient element's value, before clipping (grey outline) and after (bars); value clipping piles "
+    "the clipped ones up at ±c (dark bar).",
+}
 
 
 # ---- layout -----------------------------------------------------------------------------------------
@@ -156,7 +179,7 @@ def _style(fig: go.Figure, title: str, height: int, uirevision: str) -> go.Figur
         height=height,
         font=dict(size=_FONT),
         hoverlabel=dict(font=dict(size=_FONT)),
-        legend=dict(font=dict(size=_FONT - 2), **LEGEND_BOTTOM),
+        legend=dict(font=dict(size=_FONT - 2), itemwidth=30, **LEGEND_BOTTOM),  # 30: the narrowest symbol plotly allows
         margin=dict(l=80, r=30, t=120 if fig.layout.annotations else 90, b=10),
         uirevision=uirevision,
     )
@@ -179,7 +202,7 @@ def _subplots(results: Sequence[RunResult], max_cols: int, **kw) -> tuple[go.Fig
     rows = -(-len(results) // cols)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[r.label for r in results], **kw)
     for ann, res, c in zip(fig.layout.annotations, results, run_colors(results), strict=True):
-        ann.text = res.label + (f"<br><sub>{_diverged_text(res)}</sub>" if res.diverged else "")
+        ann.text = res.label + (f"<br>✕ ep {res.diverged[0]}" if res.diverged else "")  # short: panels can be narrow
         ann.font = dict(color=c, size=_FONT)
     fig.update_xaxes(tickfont=dict(size=_SMALL))
     fig.update_yaxes(tickfont=dict(size=_SMALL))
@@ -216,37 +239,81 @@ def _no_records(results: Sequence[RunResult]) -> bool:
 
 
 # ---- (a) loss curves --------------------------------------------------------------------------------
+def _smooth(ys: Sequence[float], weight: float) -> list[float]:
+    """TensorBoard's smoothing: an exponential moving average, debiased; non-finite values pass through."""
+    out, last, n = [], 0.0, 0
+    for v in ys:
+        if not math.isfinite(v) or weight <= 0:
+            out.append(v)
+            continue
+        last, n = weight * last + (1 - weight) * v, n + 1
+        out.append(last / (1 - weight**n))
+    return out
+
+
 def loss_curves(
-    results: Sequence[RunResult], which: Sequence[str] = ("train", "val"), log_y: bool = True, height: int = 480
+    results: Sequence[RunResult],
+    which: Sequence[str] = ("train", "val"),
+    log_y: bool = True,
+    height: int = 480,
+    x: str = "epoch",
+    smoothing: float = 0.0,
 ) -> go.Figure:
-    """Train (solid) and validation (dashed) loss per epoch, all runs overlaid; divergences marked and labelled."""
+    """Train (solid) and validation (dashed) loss, all runs overlaid; divergences marked in the run's colour.
+
+    x: 'epoch' or 'step' (epoch x steps per epoch, the optimizer steps taken by its end); smoothing in [0, 1): an
+    exponential moving average as in TensorBoard (the raw values stay in the hover)."""
     if _no_records(results):
         return empty_figure("no epochs yet: start a run to see its loss curves", height)
+    steps = {id(res): len(res.records[0].grad_norm_pre) or 1 for res in results if res.records}
+    scale = (lambda res: steps.get(id(res), 1)) if x == "step" else (lambda res: 1)
     series = [
-        (res, c, kind, [r.epoch for r in res.records], [float(getattr(r, f"{kind}_loss")) for r in res.records])
+        (
+            res,
+            c,
+            kind,
+            [r.epoch * scale(res) for r in res.records],
+            [float(getattr(r, f"{kind}_loss")) for r in res.records],
+        )
         for res, c in zip(results, run_colors(results), strict=True)
         for kind in which
     ]
     top, bottom, pad = _edges([v for *_, ys in series for v in ys], log_y)
     fig = go.Figure()
+    many = max(len(xs) for *_, xs, _ in series) > 15  # markers on every point hide the dashes
     for res, c, kind, xs, ys in series:
-        hover = f"{res.label}<br>epoch %{{x}}<br>{kind} loss = %{{y:.6g}}"
+        hover = f"{res.label}<br>{x} %{{x}}<br>{kind} loss = %{{customdata:.6g}}" + (" (raw)" if smoothing else "")
         dash = {"train": "solid", "val": "dash"}.get(kind, "dot")
-        first = kind == which[0]  # one legend entry per run (the title says which line is which); a click hides both
+        first = kind == which[0]  # one legend entry per run (the style entries below say which line is which)
         name = res.label if first else f"{res.label} {kind}"
-        fig.add_trace(_line(xs, ys, name, c, hover, log_y, dash, legendgroup=res.label, showlegend=first))
+        fig.add_trace(_line(xs, _smooth(ys, smoothing), name, c, hover, log_y, dash, legendgroup=res.label,
+                            showlegend=first, customdata=ys, mode="lines" if many else "lines+markers"))  # fmt: skip
         bad = _bad_points(xs, ys, log_y, top, bottom, res, f"{kind} loss", res.label)
         if bad:
             fig.add_trace(bad)
-    last = max(r.epoch for res in results for r in res.records)
+    for kind in which if len(which) > 1 else ():  # legend entries for the line styles, in black
+        dash = {"train": "solid", "val": "dash"}.get(kind, "dot")
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"{kind} loss", legendgroup=f"_{kind}",
+                                 line=dict(color="black", width=2, dash=dash), hoverinfo="skip"))  # fmt: skip
+    last = max(xs[-1] for *_, xs, _ in series if xs)
+    colors = dict(zip((id(r) for r in results), run_colors(results), strict=True))
     for i, res in enumerate(r for r in results if r.diverged):
         y = top * pad**i if log_y else top + pad * i  # stagger the labels of runs that diverge together
-        pos = "middle right" if res.diverged[0] <= (last + 1) / 2 else "middle left"
-        fig.add_trace(_div_marker(res, y, res.label, f"{res.label} {_diverged_text(res)}", pos))
-    fig.update_xaxes(**_epoch_axis(results))
+        at = res.diverged[0] * scale(res)
+        pos = "middle right" if at <= (last + 1) / 2 else "middle left"
+        mark = _div_marker(res, y, res.label, f"{res.label} {_diverged_text(res)}", pos, colors[id(res)])
+        mark.x = [at]
+        fig.add_trace(mark)
+    if x == "step":
+        fig.update_xaxes(title="optimizer step", rangemode="tozero")
+    else:
+        fig.update_xaxes(**_epoch_axis(results))
     fig.update_yaxes(title="loss (log scale)" if log_y else "loss", type="log" if log_y else "linear")
+    if log_y and top / bottom >= 10:  # powers of ten only: no '2 5 2 5' minor labels
+        fig.update_yaxes(dtick=1, exponentformat="power" if top / bottom > 1e6 else "none")
     title = "Loss: train solid, val dashed" if set(which) == {"train", "val"} else f"Loss: {', '.join(which)}"
-    return _style(fig, title, height, f"loss:{log_y}")
+    title += f", smoothed {smoothing:g}" if smoothing else ""
+    return _style(fig, title, height, f"loss:{log_y}:{x}")
 
 
 # ---- (b) gradient-norm distribution over epochs -------------------------------------------------------
@@ -285,12 +352,17 @@ def _norm_figure(results: Sequence[RunResult], post: bool, thresholds, height: i
     ys += [ys[-1] + 0.25, ys[-1] + 0.5]  # an empty row, then the non-finite row
     labels = [_row_label(i) for i in range(lo, hi + 1)] + ["", "non-finite ‖g‖"]
     zmax = max((g.max() for g in grids if g.size), default=1.0)
-    fig, _, cols = _subplots(results, len(results), shared_yaxes=True, shared_xaxes="all", horizontal_spacing=0.02)
+    # a run that diverged early gets a narrow panel, not a whole one for a one-epoch sliver
+    done = [max((r.epoch for r in res.records), default=0) for res in results]
+    widths = [max(0.35, n / max(max(done), 1)) for n in done]
+    fig, _, cols = _subplots(results, len(results), shared_yaxes=True, shared_xaxes=False, horizontal_spacing=0.025,
+                             column_widths=widths)  # fmt: skip
     for j, (res, g, thr) in enumerate(zip(results, grids, thresholds, strict=True), start=1):
         if not g.size:
             _note(fig, j, "no epochs yet", row=1, col=j)
             continue
         epochs = [r.epoch for r in res.records]
+        fig.update_xaxes(range=[0.5, max(epochs) + 0.5], row=1, col=j)  # equal epochs per pixel in every panel
         z = np.vstack([g[lo : hi + 1], np.zeros((1, g.shape[1])), g[_NF:]])
         text = [[f"epoch {e}<br>{lab}<br>{int(n)} steps" for e, n in zip(epochs, row, strict=True)]
                 for lab, row in zip(labels, z, strict=True)]  # fmt: skip
@@ -305,8 +377,10 @@ def _norm_figure(results: Sequence[RunResult], post: bool, thresholds, height: i
             fig.add_trace(mark, row=1, col=j)
         if thr:
             per = " per tensor" if res.spec.clip.strategy == "tensor-norm" else ""
-            line = dict(color="black", dash="dash", width=3)
-            fig.add_hline(y=math.log10(thr), line=line, annotation_text=f"clip at {thr:g}{per}", row=1, col=j)
+            # post-clip norms sit exactly on the threshold: a thin, half-transparent line does not hide them
+            line = dict(color="black", dash="dot" if post else "dash", width=1.5 if post else 3)
+            fig.add_hline(y=math.log10(thr), line=line, opacity=0.6 if post else 1.0, row=1, col=j,
+                          annotation_text=f"clip at {thr:g}{per}")  # fmt: skip
     ticks = [k for k in range(-4, 9) if ys[0] <= k <= ys[-1]]
     fig.update_yaxes(tickvals=ticks + [ys[-1]], ticktext=[f"1e{k}" if k else "1" for k in ticks] + ["non-finite"])
     fig.update_yaxes(range=[ys[0] - 0.125, ys[-1] + 0.125])
@@ -445,50 +519,103 @@ _V_LEFT = np.concatenate([[_VU[0] - 0.5], _VU])  # bins in position units: below
 _V_RIGHT = np.concatenate([_VU, [_VU[-1] + 0.5]])
 _V_NAMES = [f"{a:.3g} to {b:.3g}" for a, b in zip(VALUE_EDGES[:-1], VALUE_EDGES[1:], strict=True)]
 _V_NAMES = [f"≤ {VALUE_EDGES[0]:.3g} (incl. -inf)", *_V_NAMES, f"≥ {VALUE_EDGES[-1]:.3g} (incl. +inf)"]
-_V_TICKS = [-1.0, 0.0, 1.0]  # few enough for ~150 px panels; the ±16k overflow bins are named in the hover
+_V_TICKS = [-100.0, 0.0, 100.0]  # real values, few enough for ~150 px panels; ±c gets its own labelled line
+_PILE = "#222222"  # the pile-up at ±c: its own colour in every run's panel
+
+
+def _value_counts(recs, post: bool) -> np.ndarray | None:
+    hists = [h for r in recs if len(h := r.value_hist_post if post else r.value_hist_pre) == len(VALUE_EDGES) + 2]
+    return np.sum(hists, axis=0) if hists else None
 
 
 def value_histogram(
-    results: Sequence[RunResult], epoch: int | None = None, post: bool = True, height: int | None = None
+    results: Sequence[RunResult],
+    epoch: int | None = None,
+    post: bool = True,
+    height: int | None = None,
+    both: bool = True,
 ) -> go.Figure:
-    """Gradient element values on symmetric log bins, one epoch (or all): value clipping piles up at ±c."""
+    """Gradient element values on symmetric log bins, one epoch (or all), one panel per run on shared axes.
+
+    both: before clipping (grey outline) and after (bars in the run's colour) in the same panel; the bar where value
+    clipping piles the clipped elements up at ±c is drawn in its own colour and says what fraction was clipped.
+    Otherwise only post- (or pre-) clip bars."""
     if _no_records(results):
         return empty_figure("no epochs yet", height or 400)
     fig, n_rows, n_cols = _subplots(results, 3, shared_yaxes="all", shared_xaxes="all", horizontal_spacing=0.03)
     x_nan = float(_VU[-1]) + 2.5
+    mids, widths = (_V_LEFT + _V_RIGHT) / 2, _V_RIGHT - _V_LEFT
+    legend_done: set[str] = set()
+
+    def entry(name: str) -> dict[str, Any]:  # one legend entry per kind of bar, not per panel
+        first = name not in legend_done
+        legend_done.add(name)
+        return dict(name=name, legendgroup=name, showlegend=first and both)
+
     for k, (res, c) in enumerate(zip(results, run_colors(results), strict=True)):
         at = dict(row=k // n_cols + 1, col=k % n_cols + 1)
         recs = [r for r in res.records if epoch is None or r.epoch == epoch]
-        hists = [h for r in recs if len(h := r.value_hist_post if post else r.value_hist_pre) == len(VALUE_EDGES) + 2]
-        if not hists:
+        cnt = _value_counts(recs, post or both)
+        if cnt is None:
             why = "no value histogram recorded" if recs else f"no record for epoch {epoch}"
             _note(fig, k + 1, why, **at)  # the panel's title says where it diverged
             continue
-        cnt = np.sum(hists, axis=0)
-        hover = f"{res.label}<br>value in %{{customdata}}: %{{y}} elements<extra></extra>"
-        bar = go.Bar(x=(_V_LEFT + _V_RIGHT) / 2, width=_V_RIGHT - _V_LEFT, y=[v if v > 0 else None for v in cnt[:-1]],
-                     marker_color=c, marker_line_width=0, name=res.label, showlegend=False, customdata=_V_NAMES,
-                     hovertemplate=hover)  # fmt: skip
-        fig.add_trace(bar, **at)
+        thr = res.spec.clip.threshold
+        has_c = res.spec.clip.strategy == "value" and thr is not None and math.isfinite(thr) and thr > 0
+        piles = has_c and (post or both)  # the pile-up is in the post-clip counts
+        # the bins holding ±c: after value clipping every clipped element sits there
+        pile_bins = (
+            {int(np.searchsorted(VALUE_EDGES, sign * thr, side="right")) for sign in (-1, 1)} if piles else set()
+        )
+        hover = f"{res.label}<br>{'after' if post or both else 'before'} clipping: %{{y}} elements in %{{customdata}}"
+        colors = [_PILE if i in pile_bins else c for i in range(len(mids))]
+        fig.add_trace(go.Bar(x=mids, width=widths, y=[v if v > 0 else None for v in cnt[:-1]], marker_color=colors,
+                             marker_line_width=0, customdata=_V_NAMES, hovertemplate=hover + "<extra></extra>",
+                             **entry("after clipping" if both else res.label)), **at)  # fmt: skip
+        if both:
+            pre = _value_counts(recs, False)
+            if pre is not None:  # the same elements before clipping: a grey step outline over the bars
+                xs = np.repeat(np.concatenate([_V_LEFT[:1], _V_RIGHT]), 2)[1:-1]
+                ys = np.repeat(pre[:-1], 2).astype(float)
+                ys[ys <= 0] = np.nan
+                fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="#555555", width=2),
+                                         hoverinfo="skip", **entry("before clipping")), **at)  # fmt: skip
+        if has_c and not piles:  # pre-clip only: the threshold lines, no pile
+            for sign in (-1, 1):
+                fig.add_vline(x=float(sign * np.clip(_symlog(thr), 1, _VU[-1])), line=dict(color=_PILE, dash="dot"),
+                              **at)  # fmt: skip
+        if piles and pile_bins:
+            frac = float(np.mean([r.elem_clip_frac for r in recs])) if recs else math.nan
+            top = max(cnt[i] for i in pile_bins)
+            # the bins holding ±c are ~2 px wide at half a projector: drawn again, wider, in front, so the pile shows
+            pos = [float(np.sign(VALUE_EDGES[i]) * _symlog(thr)) for i in sorted(pile_bins)]
+            fig.add_trace(go.Bar(x=pos, y=[cnt[i] or None for i in sorted(pile_bins)], width=1.2, marker_color=_PILE,
+                                 customdata=[_V_NAMES[i] for i in sorted(pile_bins)],  # width 1.2: ~4 px at least
+                                 hovertemplate=f"{res.label}<br>after clipping: %{{y}} elements in %{{customdata}}, "
+                                 f"the clipped ones at ±{thr:g}<extra></extra>", **entry("piled up at ±c")), **at)  # fmt: skip
+            ref = "" if k == 0 else str(k + 1)
+            fig.add_annotation(x=float(_symlog(thr)), y=math.log10(top) if top > 0 else 0, xref=f"x{ref}",
+                               yref=f"y{ref}", text=f"{frac:.1%} clipped", showarrow=True,
+                               arrowhead=2, ax=-45, ay=-30, font=dict(size=_SMALL, color=_PILE))  # fmt: skip
+            for sign, txt in ((-1, "-c"), (1, f"c = {thr:g}")):
+                x = float(sign * np.clip(_symlog(thr), 1, _VU[-1]))
+                fig.add_vline(x=x, line=dict(color=_PILE, dash="dot", width=1.5), annotation_text=txt,
+                              annotation_position="bottom left" if sign < 0 else "bottom right", **at)  # fmt: skip
         if cnt[-1] > 0:
             n = int(cnt[-1])
             mark = _marks([x_nan], [n], [f"{res.label}: {n} NaN elements"], [f"{n} NaN"], pos="top center")
             fig.add_trace(mark, **at)
-        thr = res.spec.clip.threshold
-        if res.spec.clip.strategy == "value" and thr and math.isfinite(thr) and thr > 0:
-            for sign, txt in ((-1, "-c"), (1, f"+c = {thr:g}")):
-                x = float(sign * np.clip(_symlog(thr), 1, _VU[-1]))
-                fig.add_vline(x=x, line=dict(color="black", dash="dash", width=2), annotation_text=txt, **at)
     ticks = [float(_symlog(t)) for t in _V_TICKS] + [x_nan]
     fig.update_xaxes(tickvals=ticks, ticktext=[f"{t:g}" for t in _V_TICKS] + ["NaN"], tickangle=0)
     fig.update_xaxes(range=[_V_LEFT[0] - 0.2, x_nan + 0.6])
-    _x_title(fig, "element value (symlog)", n_rows, n_cols)
+    _x_title(fig, "element value (symlog: linear near 0)", n_rows, n_cols)
     fig.update_yaxes(type="log", exponentformat="e", autorange=True)  # else a fixed x range freezes y at [0.1, 1e4]
     fig.update_yaxes(dtick=1)  # one label per decade: no 2s and 5s in small panels
     fig.update_yaxes(title="elements", col=1)
+    fig.update_layout(barmode="overlay")
     when = "all epochs" if epoch is None else f"epoch {epoch}"
-    title = f"Element values, {'post' if post else 'pre'}-clip, {when}"
-    return _style(fig, title, height or max(420, 320 * n_rows), f"values:{post}")
+    what = "before | after clip" if both else ("post" if post else "pre") + "-clip"
+    return _style(fig, f"Values: {what}, {when}", height or max(420, 320 * n_rows), f"values:{post}:{both}")
 
 
 # ---- seeds ------------------------------------------------------------------------------------------
@@ -499,9 +626,7 @@ def seed_band(
     if _no_records(results):
         return empty_figure("no epochs yet", height)
     log_y = metric.endswith("loss") if log_y is None else log_y
-    groups: dict[RunSpec, list[RunResult]] = defaultdict(list)
-    for res in results:
-        groups[replace(res.spec, seed=0, label="")].append(res)
+    groups = seed_groups(results)
     lrs = {key.optim.lr for key in groups}
     colors = run_colors([runs[0] for runs in groups.values()])
     top, bottom, _ = _edges([float(getattr(r, metric)) for res in results for r in res.records], log_y)
@@ -516,10 +641,10 @@ def seed_band(
         q = np.array([np.percentile(vs, [25, 50, 75]) if vs else [np.nan] * 3 for vs in per]).reshape(-1, 3).T
         n_ok = [f"{len(vs)}/{len(runs)} finite" for vs in per]
         iqr = [f"IQR [{_fmt(a)}, {_fmt(b)}], {n}" for a, b, n in zip(q[0], q[2], n_ok, strict=True)]
-        fig.add_trace(_line(epochs, q[2], f"{name} q75", c, "", log_y, mode="lines", width=0, hoverinfo="skip",
+        fig.add_trace(_line(epochs, q[2], f"{name} q75", c, "", log_y, mode="lines", width=1, hoverinfo="skip",
                             showlegend=False, legendgroup=name))  # fmt: skip
-        fig.add_trace(_line(epochs, q[0], f"{name} q25", c, "", log_y, mode="lines", width=0, hoverinfo="skip",
-                            showlegend=False, legendgroup=name, fill="tonexty", fillcolor=_rgba(c, 0.25)))  # fmt: skip
+        fig.add_trace(_line(epochs, q[0], f"{name} q25", c, "", log_y, mode="lines", width=1, hoverinfo="skip",
+                            showlegend=False, legendgroup=name, fill="tonexty", fillcolor=_rgba(c, 0.4)))  # fmt: skip
         hover = f"{name}<br>epoch %{{x}}: median {metric} = %{{y:.6g}}<br>%{{customdata}}"
         fig.add_trace(_line(epochs, q[1], name, c, hover, log_y, customdata=iqr))
         for res in bad:
@@ -529,6 +654,62 @@ def seed_band(
     fig.update_xaxes(**_epoch_axis(results))
     fig.update_yaxes(title=f"{metric} (median, IQR band)", type="log" if log_y else "linear")
     return _style(fig, f"Spread over seeds: {metric}", height, f"seeds:{metric}:{log_y}")
+
+
+def seed_groups(results: Sequence[RunResult]) -> dict[RunSpec, list[RunResult]]:
+    """Runs that differ only by seed, keyed by their spec with seed 0 (insertion order kept)."""
+    groups: dict[RunSpec, list[RunResult]] = defaultdict(list)
+    for res in results:
+        groups[replace(res.spec, seed=0, label="")].append(res)
+    return groups
+
+
+def pool_seeds(results: Sequence[RunResult]) -> list[RunResult]:
+    """One result per seed group whose records pool its seeds (gradient views per strategy, not per run): every
+    seed's step norms and value counts, the mean layer norms and clip rates, the median losses (an epoch only some
+    seeds reached pools those); its label says how many seeds and how many diverged."""
+    out = []
+    for key, runs in seed_groups(results).items():
+        if len(runs) == 1:
+            out.append(runs[0])
+            continue
+        n_div = sum(r.diverged is not None for r in runs)
+        label = f"{runs[0].spec.clip.label} ×{len(runs)}" + (f" ({n_div}✕)" if n_div else "")  # short: panel titles
+        recs = []
+        for e in sorted({r.epoch for res in runs for r in res.records}):
+            at = [r for res in runs for r in res.records if r.epoch == e]
+            hists = {k: [list(getattr(r, k)) for r in at if len(getattr(r, k)) == len(VALUE_EDGES) + 2]
+                     for k in ("value_hist_pre", "value_hist_post")}  # fmt: skip
+            names = dict.fromkeys(n for r in at for n in r.layer_norms)
+            recs.append(replace(
+                at[0], label=label, diverged=None,
+                grad_norm_pre=[v for r in at for v in r.grad_norm_pre],  # every seed's steps
+                grad_norm_post=[v for r in at for v in r.grad_norm_post],
+                value_hist_pre=[int(v) for v in np.sum(hists["value_hist_pre"], axis=0)] if hists["value_hist_pre"] else [],
+                value_hist_post=[int(v) for v in np.sum(hists["value_hist_post"], axis=0)] if hists["value_hist_post"] else [],
+                layer_norms={n: float(np.mean([r.layer_norms.get(n, math.nan) for r in at])) for n in names},
+                clip_rate=float(np.mean([r.clip_rate for r in at])),
+                elem_clip_frac=float(np.mean([r.elem_clip_frac for r in at])),
+                train_loss=float(np.median([r.train_loss for r in at])),
+                val_loss=float(np.median([r.val_loss for r in at])),
+            ))  # fmt: skip
+        out.append(RunResult(replace(key, seed=runs[0].spec.seed, label=label), recs))
+    return out
+
+
+def seed_table(results: Sequence[RunResult], metric: str = "val_loss") -> pd.DataFrame:
+    """Compact status, one row per seed group: median final metric, its IQR, diverged k/n (diverged seeds left
+    out of the median and counted, as in sweep_report.summarize)."""
+    rows = []
+    for runs in seed_groups(results).values():
+        finals = [float(getattr(r.final, metric)) if r.final else math.nan for r in runs]
+        ok = [v for v, r in zip(finals, runs, strict=True) if math.isfinite(v) and not r.diverged]
+        q = np.percentile(ok, [25, 50, 75]) if ok else [math.nan] * 3
+        epoch = max((r.final.epoch for r in runs if r.final), default=0)
+        rows.append({"strategy": runs[0].spec.clip.label, "seeds": len(runs), f"median final {metric}": q[1],
+                     "IQR": f"{q[0]:.3g} – {q[2]:.3g}" if ok else "–",
+                     "diverged": f"{len(runs) - len(ok)}/{len(runs)}", "epoch": epoch})  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 # ---- table ------------------------------------------------------------------------------------------
@@ -557,3 +738,34 @@ def runs_table(results: Sequence[RunResult]) -> pd.DataFrame:
 def differing_columns(df: pd.DataFrame) -> list[str]:
     """The setting columns whose values differ between runs (NaN and None count as one value)."""
     return [c for c in SETTING_COLUMNS if c in df.columns and df[c].astype(str).nunique() > 1]
+
+
+# ---- projector --------------------------------------------------------------------------------------
+PROJECTOR_FONT = 16  # px: the smallest text a class reads off a 1280x720 projector
+
+
+def for_projector(fig: go.Figure, size: int = PROJECTOR_FONT) -> go.Figure:
+    """A copy of fig whose every text (ticks, axis titles, legend, annotations, colour bars) is >= size px."""
+    out = go.Figure(fig)
+    out.update_layout(
+        font=dict(size=size + 1), hoverlabel=dict(font=dict(size=size)), legend=dict(font=dict(size=size))
+    )
+    if out.layout.title and out.layout.title.text:
+        out.update_layout(title=dict(font=dict(size=size + 4)))
+    # small multiples: a label past its panel's edge ('100' of one, '0' of the next) is hidden, not overprinted
+    out.update_xaxes(tickfont=dict(size=size), title_font=dict(size=size + 1), ticklabeloverflow="hide past domain")
+    out.update_yaxes(tickfont=dict(size=size), title_font=dict(size=size + 1))
+    for ann in out.layout.annotations:
+        ann.font = dict(
+            color=ann.font.color if ann.font else None, size=max(size, (ann.font.size or 0) if ann.font else 0)
+        )
+    for trace in out.data:
+        if getattr(trace, "textfont", None) is not None and trace.textfont.size:
+            trace.textfont.size = max(size, trace.textfont.size)
+        if getattr(trace, "colorbar", None) is not None:
+            trace.colorbar.tickfont = dict(size=size)
+            trace.colorbar.title.font = dict(size=size)
+    if out.layout.coloraxis and out.layout.coloraxis.colorbar:
+        out.layout.coloraxis.colorbar.tickfont = dict(size=size)
+        out.layout.coloraxis.colorbar.title.font = dict(size=size)
+    return out

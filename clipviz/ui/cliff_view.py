@@ -17,6 +17,8 @@ from .. import cliff
 from .charts import strategy_color
 
 SPEEDS = {"slow": 1.0, "normal": 0.4, "fast": 0.15}  # seconds per step while playing
+VIEW_W, VIEW_B = (2.5, 6.5), (-3.5, 2.5)  # the part of the surface the descents cross: paths large on a projector
+WALL = 0.4  # ‖∇loss‖ above this marks the wall (the top 1% of the grid; elsewhere the surface is nearly flat)
 _FONT = 16
 
 
@@ -42,15 +44,17 @@ def cliff_figure(surf: cliff.Surface, d: cliff.Descent, step: int, height: int =
     """Loss heatmap over (w, b), each strategy's path up to `step`, and that step's update before/after clipping."""
     step = max(0, min(step, len(d.path) - 1))
     fig = go.Figure()
-    z = np.log10(np.maximum(surf.loss, 1e-6))
-    fig.add_trace(go.Heatmap(x=surf.w, y=surf.b, z=z, colorscale="Greys", reversescale=True, zmin=-4, zmax=0,
-                             colorbar=dict(title="loss", tickvals=[-4, -3, -2, -1, 0], thickness=14,
-                                           ticktext=["1e-4", "0.001", "0.01", "0.1", "1"]),
+    z = np.log10(np.maximum(surf.loss, 1e-6)).astype(np.float32)  # float32: the figure is resent every step
+    grey = [[0, "#2b2b2b"], [0.55, "#9c9c9c"], [1, "#f7f7f7"]]  # valley dark, the two plateaus apart on a projector
+    fig.add_trace(go.Heatmap(x=surf.w, y=surf.b, z=z, colorscale=grey, zmin=-3, zmax=-0.3, showscale=True,
+                             colorbar=dict(title="loss", tickvals=[-3, -2, -1, np.log10(0.5)], thickness=14,
+                                           ticktext=["0.001", "0.01", "0.1", "0.5"]),
                              hovertemplate="w %{x:.2f}, b %{y:.2f}<br>log10 loss %{z:.2f}<extra></extra>"))  # fmt: skip
-    wall = np.log10(np.maximum(surf.grad_norm, 1e-12))
-    fig.add_trace(go.Contour(x=surf.w, y=surf.b, z=wall, contours=dict(start=0, end=0, size=1, coloring="none"),
-                             line=dict(color="#d55e00", width=2), showscale=False, hoverinfo="skip",
-                             name="the wall: ‖∇loss‖ > 1", showlegend=True))  # fmt: skip
+    # the wall: on a grid it is a few cells wide, so mark those cells rather than contour a level set
+    steep = np.argwhere(surf.grad_norm > WALL)
+    fig.add_trace(go.Scatter(x=surf.w[steep[:, 1]], y=surf.b[steep[:, 0]], mode="markers", hoverinfo="skip",
+                             marker=dict(symbol="square", size=5, color="#8e44ad", opacity=0.8),
+                             name=f"the wall: ‖∇loss‖ > {WALL:g}"))  # fmt: skip
     box = ((float(surf.w[0]), float(surf.w[-1])), (float(surf.b[0]), float(surf.b[-1])))
     cut = []
     for k, label in enumerate(d.labels):
@@ -79,7 +83,7 @@ def cliff_figure(surf: cliff.Surface, d: cliff.Descent, step: int, height: int =
         height=height,
         font=dict(size=_FONT),
         legend=dict(orientation="h", x=0, y=0, yref="container", yanchor="bottom", font=dict(size=_FONT)),
-        margin=dict(l=70, r=20, t=60, b=10),
+        margin=dict(l=70, r=10, t=50, b=10),
         uirevision="cliff",
     )
     fig.update_xaxes(title="recurrent weight w", range=list(box[0]), tickfont=dict(size=_FONT))
@@ -105,7 +109,9 @@ def status_lines(d: cliff.Descent, step: int) -> list[str]:
 # ---- streamlit --------------------------------------------------------------------------------------
 @st.cache_data(show_spinner="computing the loss surface (one batched pass over the grid)")
 def _surface() -> cliff.Surface:
-    return cliff.surface()
+    return cliff.surface(
+        VIEW_W, VIEW_B, n=121
+    )  # ~0.06 px of w per cell at 1440 px: finer only costs bytes per animation step
 
 
 @st.cache_data
@@ -127,15 +133,22 @@ def _step(delta: int) -> None:
 def _picture(d: cliff.Descent, height: int) -> None:
     step = st.session_state.get("cliff_step", 0)
     playing = st.session_state.get("cliff_play", False)
-    with st.container(key="cliff_progress"):
-        st.progress(step / cliff.STEPS, text=f"step {step}/{cliff.STEPS} · {'playing' if playing else 'paused'}")
-    st.plotly_chart(cliff_figure(_surface(), d, step, height), key="cliff_chart")
-    st.caption(
-        "Grey: the loss (darker is lower); orange line: the wall, where ‖∇loss‖ > 1. Each line is a plain gradient "
-        "descent from the star; the arrows at its head are this step's update, faint = before clipping, solid = after."
-    )
-    with st.container(key="cliff_status"):
-        st.markdown("  \n".join(status_lines(d, step)))
+    left, right = st.columns([2.6, 1])
+    with left:
+        st.plotly_chart(cliff_figure(_surface(), d, step, height), key="cliff_chart")
+    with right:
+        with st.container(key="cliff_progress"):
+            st.progress(step / cliff.STEPS, text=f"step {step}/{cliff.STEPS} · {'playing' if playing else 'paused'}")
+        with st.container(key="cliff_status"):
+            st.markdown("  \n".join(status_lines(d, step)))
+        lr, (w0, b0) = cliff.LR, cliff.START
+        thr = ", ".join(f"{s} at {t:g}" for s, t in cliff.CLIPS if t is not None)
+        st.caption(
+            "Grey: the loss (darker is lower); purple: the wall, where the gradient is huge. Each line is a plain "
+            f"gradient descent (learning rate {lr:g}) from the star at w = {w0:g}, b = {b0:g}; clipping {thr} with "
+            "torch.nn.utils.clip_grad_value_ / clip_grad_norm_. The arrows at each head are this step's update: "
+            "faint = before clipping, solid = after."
+        )
     if playing:
         if step < cliff.STEPS:
             st.session_state.cliff_step = step + 1  # drawn on the next tick
@@ -155,9 +168,5 @@ def render_cliff(classroom: bool = False) -> None:
     c[2].button("Back", key="cliff_back_btn", icon=":material/skip_previous:", on_click=_step, args=(-1,))
     c[3].button("Reset", key="cliff_reset_btn", icon=":material/replay:", on_click=_step, args=(-cliff.STEPS,))
     speed = c[4].select_slider("Speed", list(SPEEDS), value="normal", key="cliff_speed")
-    lr, (w0, b0) = cliff.LR, cliff.START
-    thr = ", ".join(f"{s} at {t:g}" for s, t in cliff.CLIPS if t is not None)
-    st.caption(f"Plain gradient descent, learning rate {lr:g}, from w = {w0:g}, b = {b0:g}; clipping {thr} "
-               "(torch.nn.utils.clip_grad_value_ / clip_grad_norm_).")  # fmt: skip
-    height = 470 if classroom else 560
+    height = 420 if classroom else 540  # the whole picture above the fold at 1280x720 / 1440x900
     st.fragment(run_every=SPEEDS[speed] if playing else None)(_picture)(d, height)
