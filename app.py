@@ -19,6 +19,7 @@ from clipviz.config import Caps, ClipSpec, ConfigError  # noqa: E402
 from clipviz.text import md_escape  # noqa: E402
 from clipviz.ui import charts, controls, export, lesson, state  # noqa: E402
 from clipviz.ui.cliff_view import render_cliff  # noqa: E402
+from clipviz.ui.history_view import render_history  # noqa: E402
 from clipviz.ui.sweep_view import render_sweep  # noqa: E402
 
 st.set_page_config(page_title="clipviz: gradient clipping side by side", page_icon="✂️", layout="wide")
@@ -29,7 +30,11 @@ except ConfigError as exc:
     st.error(f"Server configuration problem: {md_escape(exc)}")
     st.stop()
 if "url_problems" not in st.session_state:  # a shared link's values, checked once before any widget reads them
-    st.session_state.url_problems = controls.sanitize_url(caps)
+    _params = {k: st.query_params.get_all(k) for k in st.query_params}
+    st.session_state.url_problems = controls.sanitize_url(caps)  # drops what no widget may take (classroom is bound)
+    st.session_state.update(controls.url_state(_params, caps))  # the sidebar's values: sync_url keeps the link
+if _cookie := state.set_cookie_html():  # first visit of this browser: keep its history id in a cookie
+    st.html(_cookie, unsafe_allow_javascript=True)
 store = state.store()
 state.ingest_finished()
 
@@ -65,6 +70,7 @@ with st.sidebar:
     st.markdown("### ✂️ clipviz")
     st.caption("Gradient clipping, side by side: none vs value vs norm, live.")
     values = controls.render_controls(caps, classroom)
+controls.sync_url(values, caps)  # the link always holds the setup on screen
 
 runs, setup_error, csv_path = None, None, None
 try:
@@ -91,31 +97,43 @@ def _set_speed() -> None:
         job.set_speed(controls.speed_of(st.session_state.speed))
 
 
+def _hold(method: str, hold: bool) -> None:
+    """Pause, Resume and Step: the job's call, and whether the button should now offer Resume (Step pauses
+    a playing job too, and the fragment that shows 'paused' does not redraw this button)."""
+    _job_call(method)
+    st.session_state.hold = hold
+
+
 def _repeat_seeds() -> None:
-    st.session_state.n_seeds, st.session_state.autostart = 5, True
+    # a one-off: this job trains 5 seeds; the 'Seeds per setting' control (and the link) stay as they are
+    st.session_state.oneoff_seeds, st.session_state.autostart = 5, True
 
 
 train = bar[0].button("Train", key="train", type="primary", icon=":material/play_arrow:", disabled=runs is None,
                       help="train the selected strategies side by side, as one batched job")  # fmt: skip
 start_error = None
-if (train or st.session_state.pop("autostart", False)) and runs is not None:
+autostart, oneoff = st.session_state.pop("autostart", False), st.session_state.pop("oneoff_seeds", None)
+if (train or autostart) and runs is not None:
     try:
-        dataset = state.cached_dataset(runs[0].data)
+        job_runs = controls.build_runs(values, csv_path, caps, n_seeds=oneoff) if oneoff and not train else runs
+        dataset = state.cached_dataset(job_runs[0].data)
+        speed = controls.speed_of(st.session_state.get("speed", "20"))
+        preset = st.session_state.get("preset", controls.CUSTOM)
         state.start_job(
-            runs, controls.device_of(values), controls.speed_of(st.session_state.get("speed", "20")), dataset
+            job_runs, controls.device_of(values), speed, dataset, preset="" if preset == controls.CUSTOM else preset
         )
-        state.show_runs(state.pinned_ids())
+        state.show_runs(state.pinned_ids())  # pinned runs stay on the charts next to the new job
         st.session_state.url_problems = []
     except ConfigError as exc:
         start_error = f"Cannot train this setup: {exc}"
-snap = state.current_snapshot()
+snap = state.current_snapshot()  # the buttons' one look at the job (the live view takes its own, each poll)
 live = snap is not None and not snap.finished
 bar[1].button("Stop", key="stop", icon=":material/stop:", disabled=not live, on_click=_job_call, args=("stop",),
               help="stop now; finished epochs are kept, the one in progress is dropped")  # fmt: skip
-paused = live and snap.state == "paused"
-bar[2].button("Resume" if paused else "Pause", key="pause", icon=":material/pause:", disabled=not live, on_click=_job_call,
-              args=("resume" if paused else "pause",))  # fmt: skip
-bar[3].button("Step", key="step", icon=":material/skip_next:", disabled=not live, on_click=_job_call, args=("step_epoch",),
+paused = live and (snap.state == "paused" or st.session_state.hold)
+bar[2].button("Resume" if paused else "Pause", key="pause", icon=":material/play_circle:" if paused else ":material/pause:",
+              disabled=not live, on_click=_hold, args=("resume", False) if paused else ("pause", True))  # fmt: skip
+bar[3].button("Step", key="step", icon=":material/skip_next:", disabled=not live, on_click=_hold, args=("step_epoch", True),
               help="train exactly one more epoch, then pause")  # fmt: skip
 bar[4].select_slider("Epochs/s", controls.SPEEDS, value="20", key="speed", on_change=_set_speed,
                      help="epochs trained per second (max: as fast as the machine can)")  # fmt: skip
@@ -134,12 +152,11 @@ while st.session_state.notices:
 
 
 # ---- what the charts show -------------------------------------------------------------------------
-def shown_runs() -> list:
-    """History runs picked for the charts, plus the live job's runs while it trains."""
+def shown_runs(job_snap) -> list:
+    """History runs picked for the charts, plus the live job's runs (from the caller's snapshot) while it trains."""
     stored = store.get(state.shown_ids())
-    job_snap = state.current_snapshot()
     if job_snap is not None and any(j.id == job_snap.job_id for j in st.session_state.jobs):
-        stored += [state.StoredRun(0, r, job_snap.job_id, job_snap.state) for r in job_snap.results if r.records]
+        stored += [state.StoredRun(0, r, -job_snap.job_id, job_snap.state) for r in job_snap.results if r.records]
     return stored
 
 
@@ -211,13 +228,15 @@ def live_view() -> None:
     prog, stat = st.columns([1, 2])
     with prog.container(key="job_progress"):
         if snap is None:
-            st.caption("Press **Train** to train the selected strategies side by side.")
+            st.markdown("Press **Train** to train the selected strategies side by side.")
         elif snap.state == "queued":
-            st.progress(0.0, text=f"queued, position {snap.queue_position}: other jobs are training")
+            st.progress(0.0, text=f"job {state.job_number(snap.job_id)} · queued, position {snap.queue_position}: "
+                        "other jobs are training")  # fmt: skip
         else:
             why = ": every run diverged" if snap.state == "done" and snap.epoch < snap.epochs else ""
-            st.progress(min(1.0, snap.progress), text=f"epoch {snap.epoch}/{snap.epochs} · {snap.state}{why}")
-    results = state.display_results(shown_runs())
+            text = f"job {state.job_number(snap.job_id)} · epoch {snap.epoch}/{snap.epochs} · {snap.state}{why}"
+            st.progress(min(1.0, snap.progress), text=text)
+    results = state.display_results(shown_runs(snap))  # the same snapshot as the progress line above
     with stat:
         if results:
             status_lines(results)
@@ -291,34 +310,7 @@ with tab_cliff:
     render_cliff(classroom)
 
 with tab_hist:
-    ids, v = store.ids(), st.session_state.history_version
-    label = {s.id: state.describe(s) for s in store.get()}
-    st.multiselect("Show on the charts", ids, default=state.shown_ids(), key=f"overlay_{v}", format_func=label.get,
-                   on_change=state.on_history_pick, args=("overlay", v))  # fmt: skip
-    st.multiselect(
-        "Pinned (kept when the history is full, and kept on the charts)",
-        ids,
-        default=state.pinned_ids(),
-        key=f"pinned_{v}",
-        format_func=label.get,
-        on_change=state.on_history_pick,
-        args=("pinned", v),
-    )
-    c1, c2, c3 = st.columns(3)
-    c1.button("Show the latest job", key="show_latest", on_click=lambda: state.show_runs(store.latest_job_ids()))
-    c2.button("Show all", key="show_all", on_click=lambda: state.show_runs(store.ids()))
-    c3.button("Remove unpinned runs", key="clear_history", on_click=state.remove_unpinned)
-    st.caption(f"{len(store)} runs kept (at most {store.cap}; the oldest unpinned go first).")
-    if len(store):
-        table = charts.runs_table([s.result for s in store.get()])
-        table.insert(0, "id", ids)
-        table.insert(1, "status", [s.status for s in store.get()])
-        diff = charts.differing_columns(table)
-        first = ["id", "status", "run", "final_train", "final_val", "best_val", "diverged", *diff]  # results first
-        table = table[first + [c for c in table.columns if c not in first]]
-        styled = table.style.map(lambda _: "background-color: #fff3cd", subset=diff) if diff else table
-        st.dataframe(styled, hide_index=True, key="history_table")
-        st.caption("Highlighted: the settings that differ between runs.")
+    render_history()
 
 with tab_sweep:
     if runs is None:

@@ -58,7 +58,8 @@ class Caps:
     max_width: int = 1024
     max_upload_mb: int = 10
     max_jobs: int = field(default_factory=lambda: os.cpu_count() or 1)  # jobs training at once per server
-    max_session_runs: int = 200  # runs kept per browser session before the oldest unpinned are evicted
+    max_session_runs: int = 200  # runs kept per browser (its history) before the oldest unpinned are evicted
+    history_ttl_days: int = 30  # stored unpinned runs older than this are deleted (a browser unseen that long: all)
     # the cost model (clipviz/cost.py) prices a whole job before anything is allocated:
     max_memory_mb: int = 1024  # estimated memory of one job: data, parameters, optimizer, buffers, records
     max_work: int = 200_000_000_000  # multiply-adds of one job; measured ~0.3 G/s on one core: ~10 min

@@ -229,6 +229,82 @@ def set_speed(page, label: str, timeout_ms: float = 10_000) -> None:
     wait_idle(page, timeout_ms)
 
 
+def tab(page, name: str, timeout_ms: float = 15_000) -> None:
+    """Open one of the page's tabs ('Compare', 'History', ...)."""
+    page.get_by_role("tab", name=name).click()
+    wait_idle(page, timeout_ms)
+
+
+def pick(page, key: str, option: str, timeout_ms: float = 15_000) -> None:
+    """Choose `option` in the selectbox with this widget key."""
+    box = page.locator(f".st-key-{key} input")
+    for attempt in range(3):  # a polling fragment may redraw the list under the pointer: open it again
+        box.scroll_into_view_if_needed()
+        box.click()
+        box.fill(option)  # filters the list to the option (long lists are virtualised: off-screen ones are absent)
+        try:
+            page.get_by_role("option", name=option, exact=True).click(timeout=5_000)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
+            page.keyboard.press("Escape")
+    wait_idle(page, timeout_ms)
+    page.wait_for_function(
+        "([sel, want]) => document.querySelector(sel)?.value === want",
+        arg=[f".st-key-{key} input", option],
+        timeout=timeout_ms,
+    )
+
+
+def selected(page, key: str) -> str:
+    """The value a selectbox shows (it is its input's value)."""
+    return page.locator(f".st-key-{key} input").input_value()
+
+
+def slider_to(page, key: str, steps_from_min: int, timeout_ms: float = 15_000) -> None:
+    """Put a slider at its minimum, then `steps_from_min` steps right (keyboard: Home, ArrowRight...).
+    Each key may rerun the script; keys pressed during that rerun can be lost: check the result."""
+    thumb = page.locator(f'.st-key-{key} input[type="range"]').first  # visually hidden, keyboard-driven
+    thumb.focus()
+    thumb.press("Home")
+    for _ in range(steps_from_min):
+        thumb.press("ArrowRight")
+    page.wait_for_timeout(300)  # the slider sends its value when the keys stop (a blur here lost it)
+    wait_idle(page, timeout_ms)
+
+
+def click_button(page, key: str, timeout_ms: float = 15_000) -> None:
+    """Click the (visible) button with this widget key and wait for the script to finish."""
+    page.locator(f".st-key-{key} button:visible").click()
+    wait_idle(page, timeout_ms)
+
+
+def button_text(page, key: str) -> str:
+    return page.locator(f".st-key-{key} button:visible").inner_text().strip()
+
+
+HISTORY_GRID = '[data-testid="stDataFrame"]'  # the History tab's run table (a canvas grid)
+GRID_ROW_PX, GRID_HEADER_PX, GRID_SMALL_PX = 35, 35, 64  # row and header heights; the show/pin columns' width
+
+
+def history_click(page, row: int, column: str, timeout_ms: float = 15_000) -> None:
+    """Click the 'show' or 'pin' box of a History row (0 = newest): the grid is a canvas, so by position
+    (clipviz.ui.history_view gives those columns a fixed width)."""
+    box = page.locator(HISTORY_GRID).first.bounding_box()
+    x = box["x"] + GRID_SMALL_PX * (0.5 if column == "show" else 1.5)
+    page.mouse.click(x, box["y"] + GRID_HEADER_PX + GRID_ROW_PX * (row + 0.5))
+    page.wait_for_timeout(300)  # the grid sends its edit on a short debounce; then the script reruns
+    wait_idle(page, timeout_ms)
+
+
+def stored_count(page) -> int:
+    """'N runs kept in this browser's history' from the History tab's caption (0 when it says none)."""
+    body = page.locator('[data-testid="stMain"]').inner_text()
+    m = re.search(r"(\d+) runs? kept in this browser", body)
+    return int(m.group(1)) if m else 0
+
+
 def progress_text(page) -> str:
     loc = page.locator(PROGRESS)
     return loc.inner_text() if loc.count() else ""
@@ -263,6 +339,26 @@ def wait_done(page, timeout_ms: float, poll_ms: float = 10) -> str:
     """Wait until the job is finished (done, stopped or failed) and the status lines are drawn; returns
     the progress text, e.g. 'epoch 100/100 · done'."""
     handle = page.wait_for_function(JS_DONE, arg=[PROGRESS, STATUS], polling=poll_ms, timeout=timeout_ms)
+    return handle.json_value()
+
+
+def job_shown(page) -> int:
+    """The job number on the progress line ('job 3 · epoch 2/2 · done'), 0 before the first job."""
+    m = re.search(r"job (\d+) ·", progress_text(page))
+    return int(m.group(1)) if m else 0
+
+
+def wait_job_done(page, number: int, timeout_ms: float, poll_ms: float = 20) -> str:
+    """Wait until job `number` is finished and its status lines are drawn (not an earlier job's); returns
+    the progress text from 'epoch'."""
+    handle = page.wait_for_function(
+        "([prog, stat, n]) => { const p = document.querySelector(prog), s = document.querySelector(stat);"
+        " const m = p && p.textContent.match(new RegExp('job ' + n + ' · (epoch [0-9]+/[0-9]+ · (done|stopped|failed))'));"
+        " return m && s ? m[1] : false; }",
+        arg=[PROGRESS, STATUS, number],
+        polling=poll_ms,
+        timeout=timeout_ms,
+    )
     return handle.json_value()
 
 

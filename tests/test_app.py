@@ -17,7 +17,6 @@ from clipviz.config import STRATEGIES, TUTORIAL, Caps, ClipSpec, RunSpec
 from clipviz.jobs import Job
 from clipviz.records import EpochRecord, RunResult, loads
 from clipviz.ui import controls, export
-from clipviz.ui.state import RunStore
 
 
 def _reject_constant(name: str):
@@ -114,7 +113,7 @@ def test_csv_upload_good_and_bad(tmp_path):
     at.run()
     _ok(at)
     assert not at.error, _errors(at)
-    at.session_state["store"].add([_fake_result()], job_id=99, status="done")
+    at.session_state["store"].add([_fake_result()], status="done")
     at.file_uploader(key="csv_file").set_value(("bad.csv", b"a,b\n1,x\n2,3\n", "text/csv")).run()
     _ok(at)
     assert "CSV file rejected" in _errors(at) and "non-numeric" in _errors(at)
@@ -219,7 +218,7 @@ def test_lesson_try_it_loads_and_trains():
 
 def test_failed_job_shows_its_error_and_keeps_history():
     at = _app()
-    at.session_state["store"].add([_fake_result()], job_id=98, status="done")
+    at.session_state["store"].add([_fake_result()], status="done")
     job = Job([RunSpec(data=replace(TUTORIAL.data, n_samples=3))], speed=None)  # too few rows: fails in the worker
     job.start()
     assert job.join(JOIN_S)
@@ -232,24 +231,6 @@ def test_failed_job_shows_its_error_and_keeps_history():
 
 
 # ---- the parts ----------------------------------------------------------------------------------------
-def test_run_store_pins_and_evicts_oldest_unpinned():
-    store = RunStore(cap=3)
-    ids, evicted = store.add([_fake_result("value:1"), _fake_result("value:2")], job_id=1, status="done")
-    assert ids == [1, 2] and not evicted
-    store.pin(1)
-    _, evicted = store.add([_fake_result("norm:1"), _fake_result("norm:2")], job_id=2, status="stopped")
-    assert [s.id for s in evicted] == [2]  # the oldest unpinned, not the pinned #1
-    assert store.ids() == [1, 3, 4] and store.latest_job_ids() == [3, 4]
-    store.set_pinned({1, 3, 4})
-    _, evicted = store.add([_fake_result("agc:0.01")], job_id=3, status="done")
-    assert [s.id for s in evicted] == [5]  # all pinned: the new unpinned run goes
-    assert store.remove_unpinned() == 0 and len(store) == 3
-    store.set_pinned(set())
-    assert store.remove_unpinned() == 3 and len(store) == 0
-    empty = RunResult(TUTORIAL, [])
-    assert store.add([empty], 4, "stopped") == ([], [])  # a run stopped before its first epoch has nothing
-
-
 @pytest.mark.parametrize("clip", ["none", "value:5", "norm:1", "tensor-norm:1", "agc:0.01", "autoclip:10", "zclip"])
 def test_exported_code_compiles_and_trains_one_epoch(clip):
     spec = replace(TUTORIAL, clip=ClipSpec.parse(clip), optim=replace(TUTORIAL.optim, epochs=1))

@@ -1,6 +1,6 @@
 """The dashboard in a real browser: `streamlit run app.py` driven by Debian's Chromium through Playwright.
 
-Skips, saying why, without Chromium or Playwright. One server and one browser for the module; each test
+Skips, saying why, without Chromium or Playwright. One server and one browser for the session (tests/conftest.py); each test
 gets a fresh browser context (a new Streamlit session). The server's output goes to a log file whose
 tail is printed when a test fails.
 """
@@ -19,18 +19,6 @@ from tests import browser_util as bu
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(bu.missing() is not None, reason=str(bu.missing()))]
 
 VIEWPORT = {"width": 1440, "height": 900}
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with bu.streamlit_server(tmp_path_factory.mktemp("server") / "streamlit.log") as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with bu.chromium() as br:
-        yield br
 
 
 @pytest.fixture

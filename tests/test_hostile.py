@@ -127,7 +127,7 @@ def test_a_rejected_upload_is_parsed_once_and_its_columns_are_escaped(monkeypatc
     real = controls.read_csv_table
     monkeypatch.setattr(controls, "read_csv_table", lambda *a, **k: calls.append(1) or real(*a, **k))
     at = _app()
-    at.session_state["store"].add([_fake_result()], job_id=99, status="done")
+    at.session_state["store"].add([_fake_result()], status="done")
     _upload(at, "bad.csv", f"a,{IMG}\n1,x{threading.get_ident()}\n2,3\n".encode())
     _ok(at)
     assert "CSV file rejected" in _errors(at) and "non-numeric" in _errors(at)

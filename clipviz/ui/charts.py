@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import colorsys
 import math
+import textwrap
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
@@ -187,10 +188,12 @@ def _style(fig: go.Figure, title: str, height: int, uirevision: str) -> go.Figur
 
 
 def empty_figure(message: str, height: int = 400) -> go.Figure:
-    """A blank figure with a centred message (before any run exists)."""
+    """A blank figure with a centred message (before any run exists), wrapped to fit a half-width column
+    (plotly does not wrap annotations: one long line was clipped at both ends)."""
     fig = go.Figure()
     font = dict(size=_FONT + 6, color="#555555")
-    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font=font)
+    text = "<br>".join(textwrap.wrap(message, 26)) or message
+    fig.add_annotation(text=text, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font=font)
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     return _style(fig, "", height, "empty")

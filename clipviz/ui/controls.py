@@ -50,6 +50,7 @@ from ..text import quote
 THRESHOLD_RANGES = {n: s.slider for n, s in REGISTRY.items() if s.slider is not None}
 SPEEDS = ("1", "2", "5", "10", "20", "50", "max")  # playback, epochs per second
 ADVANCED = "advanced"  # section hidden in classroom mode
+CUSTOM = "(custom)"  # the preset box when the controls hold no preset's setup
 
 
 def log_options(lo: float, hi: float, per_decade: int = 10) -> tuple[float, ...]:
@@ -126,9 +127,13 @@ def widget_table(caps: Caps) -> dict[str, Widget]:
 
 # ---- drawing --------------------------------------------------------------------------------------
 def _draw(key: str, w: Widget, disabled: bool = False) -> Any:
-    kw = dict(key=key, bind="query-params", persist_state="session", help=w.help, disabled=disabled)
+    # no bind="query-params": sync_url writes the link from the values, so every widget round-trips the same
+    # way (Streamlit's binding missed values set by presets and by widgets in collapsed expanders)
+    kw = dict(key=key, persist_state="session", help=w.help, disabled=disabled)
     # a preset or lesson may have just set the value through session state: then that value, not the default
     w = replace(w, default=None) if key in st.session_state and w.kind == "multi" else w
+    if w.kind == "options":  # an exact value from a preset, a link or a sweep point joins the grid: no snapping
+        w = replace(w, options=with_value(w.options, st.session_state.get(key)))
     if w.kind == "select":
         return st.selectbox(w.label, w.options, index=w.options.index(w.default), **kw)
     if w.kind == "multi":
@@ -144,23 +149,45 @@ def _draw(key: str, w: Widget, disabled: bool = False) -> Any:
     return st.number_input(w.label, int(w.lo), int(w.hi), int(w.default), step=1, **kw)
 
 
+def with_value(options: tuple, value: Any) -> tuple:
+    """The options, plus `value` in its place if it is a number inside their range and not one of them."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value in options:
+        return options
+    if not (math.isfinite(value) and min(options) <= value <= max(options)):
+        return options
+    return tuple(sorted((*options, value)))
+
+
+def loaded_preset(values: dict[str, Any]) -> str:
+    """The preset whose data, model, optimizer and seed the values equal (clips and seeds aside), or CUSTOM."""
+    for name, spec in PRESETS.items():
+        want = spec_state(spec, clips=())
+        if all(values.get(k) == val for k, val in want.items() if k not in ("strategies", "n_seeds")):
+            return name
+    return CUSTOM
+
+
 def render_controls(caps: Caps, classroom: bool) -> dict[str, Any]:
     """Draw the setup widgets (call inside st.sidebar); returns {key: value} for build_runs."""
     table = widget_table(caps)
     v: dict[str, Any] = {k: st.session_state.get(k, w.default) for k, w in table.items()}
-    st.selectbox("Preset", ["(keep)", *PRESETS], key="preset", on_change=_on_preset,
-                 help="load a ready-made setup into the controls")  # fmt: skip
+    # the box shows the preset the controls hold now (so a loaded preset stays visible until a value changes)
+    st.session_state.preset = loaded_preset(v)
+    st.selectbox("Preset", [CUSTOM, *PRESETS], key="preset", on_change=_on_preset,
+                 help="load a ready-made setup into the controls; (custom) once a value differs")  # fmt: skip
     v["strategies"] = _draw("strategies", table["strategies"])
-    for s in v["strategies"]:
-        if s != "none":
-            v[thr_key(s)] = _draw(thr_key(s), table[thr_key(s)])
+    with st.container(key="thresholds"):  # a fixed slot: the widgets below keep their places (and expanders)
+        for s in v["strategies"]:
+            if s != "none":
+                v[thr_key(s)] = _draw(thr_key(s), table[thr_key(s)])
     v["scale_y"] = _draw("scale_y", table["scale_y"])
     v["lr"] = _draw("lr", table["lr"])
     v["epochs"] = _draw("epochs", table["epochs"])
     if classroom:
         st.caption("Classroom mode: advanced settings hidden (they keep their values).")
         return v
-    with st.expander("Data", expanded=False):
+    # keyed expanders: a stable identity, so loading a preset does not collapse an open one
+    with st.expander("Data", expanded=False, key="exp_data"):
         v["dataset"] = _draw("dataset", table["dataset"])
         name = v["dataset"]
         v["n_samples"] = _draw("n_samples", table["n_samples"], disabled=name in ("diabetes", "csv"))
@@ -169,16 +196,16 @@ def render_controls(caps: Caps, classroom: bool) -> dict[str, Any]:
         v["seq_len"] = _draw("seq_len", table["seq_len"], disabled=name != "adding")
         v["scale_x"] = _draw("scale_x", table["scale_x"])
         st.file_uploader("CSV file (numeric columns, header row)", type=["csv", "txt", "tsv"], key="csv_file",
-                         max_upload_size=upload_limit_mb(caps),
+                         max_upload_size=upload_limit_mb(caps), on_change=_on_upload,
                          help=f"up to {caps.max_upload_mb} MB; the last column is the target unless you name one")  # fmt: skip
         v["csv_target"] = st.text_input("Target column (csv)", key="csv_target", placeholder="last column")
-    with st.expander("Training", expanded=False):
+    with st.expander("Training", expanded=False, key="exp_training"):
         for k in ("optimizer", "momentum", "batch_size", "seed", "n_seeds", "device"):
             if k in table:
                 v[k] = _draw(k, table[k], disabled=k == "momentum" and v["optimizer"] != "sgd")
         if "device" not in table:
             st.caption("Device: CPU (no CUDA GPU on this server)")
-    with st.expander("Model", expanded=False):
+    with st.expander("Model", expanded=False, key="exp_model"):
         st.caption("RNN (Elman, tanh) for the adding task; MLP otherwise.")
         for k in ("depth", "width", "activation", "init", "init_scale"):
             v[k] = _draw(k, table[k])
@@ -186,8 +213,9 @@ def render_controls(caps: Caps, classroom: bool) -> dict[str, Any]:
 
 
 # ---- values -> specs ------------------------------------------------------------------------------
-def build_runs(v: dict[str, Any], csv_path: str | None, caps: Caps) -> list[RunSpec]:
-    """The K runs of the comparison the controls describe; ConfigError names what cannot run."""
+def build_runs(v: dict[str, Any], csv_path: str | None, caps: Caps, n_seeds: int | None = None) -> list[RunSpec]:
+    """The K runs of the comparison the controls describe (n_seeds overrides the widget for a one-off job);
+    ConfigError names what cannot run."""
     name = v["dataset"]
     data = DataSpec(name=name, n_samples=v["n_samples"], n_features=v["n_features"], noise=float(v["noise"]),
                     seq_len=v["seq_len"], scale_x=bool(v["scale_x"]), scale_y=bool(v["scale_y"]),
@@ -198,7 +226,7 @@ def build_runs(v: dict[str, Any], csv_path: str | None, caps: Caps) -> list[RunS
     optim = OptimSpec(name=v["optimizer"], lr=float(v["lr"]), momentum=float(v["momentum"]),
                       batch_size=v["batch_size"], epochs=v["epochs"])  # fmt: skip
     clips = [ClipSpec(s, None if s == "none" else float(v[thr_key(s)])) for s in v["strategies"]]
-    seed, n = int(v["seed"]), int(v["n_seeds"])
+    seed, n = int(v["seed"]), int(n_seeds or v["n_seeds"])
     runs = with_clips(RunSpec(data, model, optim), clips, tuple(range(seed, seed + n)))
     validate_runs(runs, caps, n_in=input_dim(data))  # a CSV's real width (its header), not n_features
     return runs
@@ -214,9 +242,11 @@ def speed_of(choice: str) -> float | None:
 
 # ---- presets, lessons and links -----------------------------------------------------------------
 def _snap(value: Any, w: Widget) -> Any:
-    """The widget's nearest allowed value (presets may sit between the log grid's points)."""
+    """The value, clamped into the widget's range. A value between the log grid's points is kept exactly
+    (_draw adds it to the options): a preset loaded in the UI trains what `--preset` trains."""
     if w.kind == "options" and value not in w.options:
-        return min(w.options, key=lambda o: abs(math.log(max(o, 1e-12)) - math.log(max(value, 1e-12))))
+        lo, hi = min(w.options), max(w.options)
+        return type(w.default)(min(max(value, lo), hi))
     if w.kind in ("int", "float"):
         return type(w.default)(min(max(value, w.lo), w.hi))
     return value
@@ -236,17 +266,26 @@ def spec_state(spec: RunSpec, clips: tuple[ClipSpec, ...] = TUTORIAL_CLIPS, n_se
 
 
 def load_setup(spec: RunSpec, clips: tuple[ClipSpec, ...] = TUTORIAL_CLIPS, n_seeds: int = 1, start=False) -> None:
-    """Put a setup into the controls (call from an on_click/on_change callback); start=True trains it."""
-    st.session_state.update(spec_state(spec, clips, n_seeds))
+    """Put a setup into the controls (call from an on_click/on_change callback); start=True trains it.
+
+    n_seeds > 1 is a one-off: that job trains n seeds, the 'Seeds per setting' control is set to 1 and later
+    jobs train one seed again (it needs start=True to mean anything)."""
+    st.session_state.update(spec_state(spec, clips, 1))
     if start:
         st.session_state.autostart = True
+        if n_seeds > 1:
+            st.session_state.oneoff_seeds = n_seeds
 
 
 def _on_preset() -> None:
     name = st.session_state.get("preset")
     if name in PRESETS:
         load_setup(PRESETS[name])
-    st.session_state.preset = "(keep)"
+
+
+def _on_upload() -> None:
+    if st.session_state.get("csv_file") is not None:  # a file was just chosen: train on it
+        st.session_state.dataset = "csv"
 
 
 # widgets bound to the URL outside the sidebar's table: the link audit checks them too
@@ -268,6 +307,8 @@ def url_rejects(params: dict[str, list[str]], caps: Caps) -> list[tuple[str, str
             out.append((key, None, msg))
             continue
         for raw in values:
+            if w.kind == "multi" and raw == "":  # the empty selection (see url_params)
+                continue
             if not _url_ok(raw, w):
                 using = "the others are kept" if w.kind == "multi" else f"using {fmt(w.default)}"
                 out.append((key, raw, f"Link parameter {key}={quote(raw)} was ignored: {_url_rule(w)}; {using}."))
@@ -321,29 +362,90 @@ def _unseed(key: str, keep: list[str]) -> None:
 
 
 def _url_ok(raw: str, w: Widget) -> bool:
-    if w.kind in ("select", "multi", "options"):
-        return raw in {fmt(o) for o in w.options}
+    return _url_value(raw, w) is not None
+
+
+def url_state(params: dict[str, list[str]], caps: Caps) -> dict[str, Any]:
+    """The widget values a link sets (the values url_rejects accepts), ready for st.session_state."""
+    table, values = widget_table(caps), {}
+    for key, raws in params.items():
+        w = table.get(key)
+        if w is None or (w.kind != "multi" and len(raws) > 1):  # given twice: the default (url_rejects says so)
+            continue
+        parsed = [_url_value(r, w) for r in raws if not (w.kind == "multi" and r == "")]
+        parsed = [x for x in parsed if x is not None]
+        if w.kind == "multi":
+            if parsed or all(r == "" for r in raws):
+                values[key] = list(dict.fromkeys(parsed))
+        elif parsed:
+            values[key] = parsed[0]
+    return values
+
+
+def _url_value(raw: str, w: Widget) -> Any:
+    """The value a link's raw text means for this widget, or None when the widget cannot take it."""
+    if w.kind in ("select", "multi"):
+        return next((o for o in w.options if fmt(o) == raw), None)
     if w.kind == "toggle":
-        return raw.lower() in ("true", "false")
-    if w.kind != "float" and not re.fullmatch(r"[+-]?[0-9]{1,12}", raw.strip()):
-        return False  # whole numbers as digits: '1e400', 'inf', '5.0' are not what an int widget parses
+        return {"true": True, "false": False}.get(raw.lower())
+    if w.kind == "options":  # any number inside the slider's range: _draw adds it to the grid
+        lo, hi, integer = min(w.options), max(w.options), isinstance(w.default, int)
+    else:
+        lo, hi, integer = w.lo, w.hi, w.kind != "float"
+    if integer and not re.fullmatch(r"[+-]?[0-9]{1,12}", raw.strip()):
+        return None  # whole numbers as digits: '1e400', 'inf', '5.0' are not what an int widget parses
     try:
         x = float(raw)
     except ValueError:
-        return False
-    return math.isfinite(x) and w.lo <= x <= w.hi
+        return None
+    if not (math.isfinite(x) and lo <= x <= hi):
+        return None
+    return int(x) if integer else x
 
 
 def _url_rule(w: Widget) -> str:
     if w.kind in ("select", "multi"):
         return f"{w.label.lower()} must be one of {', '.join(map(str, w.options))}"
     if w.kind == "options":
-        return f"{w.label.lower()} must be one of the slider's values ({fmt(w.options[0])} to {fmt(w.options[-1])})"
+        what = "whole number" if isinstance(w.default, int) else "number"
+        return f"{w.label.lower()} must be a {what} from {fmt(min(w.options))} to {fmt(max(w.options))}"
     if w.kind == "toggle":
         return f"{w.label.lower()} must be true or false"
     if w.kind == "float":
         return f"{w.label.lower()} must be a number in [{w.lo:g}, {w.hi:g}]"
     return f"{w.label.lower()} must be a whole number from {int(w.lo)} to {int(w.hi)}"
+
+
+def _url_text(v: Any) -> str:
+    """A value as link text that reads back exactly (floats: short when that is exact, else repr)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        short = f"{v:g}"
+        return short if float(short) == v else repr(v)
+    return str(v)
+
+
+def url_params(values: dict[str, Any], caps: Caps) -> dict[str, list[str]]:
+    """The link parameters of these widget values: every value that differs from its widget's default."""
+    out = {}
+    for key, w in widget_table(caps).items():
+        v = values.get(key, w.default)
+        if v == w.default:
+            continue
+        out[key] = [_url_text(x) for x in v] or [""] if w.kind == "multi" else [_url_text(v)]
+    return out
+
+
+def sync_url(values: dict[str, Any], caps: Caps) -> None:
+    """Write the run-defining values into the page's URL (full script runs only), so a link reproduces them."""
+    want = url_params(values, caps)
+    for key in widget_table(caps):
+        have = st.query_params.get_all(key)
+        if key in want and have != want[key]:
+            st.query_params[key] = want[key] if len(want[key]) > 1 else want[key][0]
+        elif key not in want and have:
+            del st.query_params[key]
 
 
 # ---- csv upload ---------------------------------------------------------------------------------

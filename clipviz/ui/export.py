@@ -29,9 +29,10 @@ def json_bytes(results: list[RunResult]) -> bytes:
 
 
 def figure_html(fig: go.Figure | Callable[[], go.Figure]) -> bytes:
-    """A self-contained interactive page (plotly.js from its CDN); takes a figure or a builder of one."""
+    """A self-contained interactive page (plotly.js embedded: it works offline, ~4.8 MB); takes a figure or a
+    builder of one."""
     fig = fig() if callable(fig) else fig
-    return fig.to_html(include_plotlyjs="cdn", full_html=True).encode()
+    return fig.to_html(include_plotlyjs=True, full_html=True).encode()
 
 
 _ACT = {"relu": "nn.ReLU", "tanh": "nn.Tanh", "sigmoid": "nn.Sigmoid", "leaky_relu": "nn.LeakyReLU",
@@ -208,5 +209,7 @@ def render_export(
     for tab, spec in zip(st.tabs([r.clip.label for r in picks]), picks):  # tabs, not a picker: nothing goes stale
         code = code_snippet(spec)
         tab.code(code, language="python")
-        tab.download_button("Download .py", code, f"train_{_slug(spec.clip.label)}.py", "text/x-python",
-                            key=f"dl_code_{_slug(spec.clip.label)}", on_click="ignore")  # fmt: skip
+        # deferred (a callable), like every download here: a static one is a media file that the next rerun
+        # drops while the browser still checks its URL ('Download Button source error - 404' on a preset change)
+        tab.download_button("Download .py", functools.partial(str, code), f"train_{_slug(spec.clip.label)}.py",
+                            "text/x-python", key=f"dl_code_{_slug(spec.clip.label)}", on_click="ignore")  # fmt: skip

@@ -136,7 +136,7 @@ def target_figure(y: np.ndarray, name: str = "y") -> go.Figure:
 def _try(i: int, tab: str | None) -> None:
     s = STEPS[i]
     if s.spec is not None:
-        controls.load_setup(s.spec, s.clips, s.n_seeds, start=i > 0)
+        controls.load_setup(s.spec, s.clips, s.n_seeds, start=i > 0)  # n_seeds > 1: a one-off
     if s.shows == "cliff":
         st.session_state.cliff_play = True  # the cliff view starts its animation from step 0
         st.session_state.cliff_step = 0

@@ -1,15 +1,16 @@
-"""Per-session state: the run history (RunStore) and the session's training jobs.
+"""Per-session state: the browser's run history (a SQLite RunStore) and the session's training jobs.
 
-The RunStore is plain Python (no streamlit), so tests drive it directly. The session helpers
-below keep one RunStore and the session's jobs in st.session_state, set up behind one guard.
-A job's runs enter the history when it ends (done, stopped or failed): nothing trained is lost.
+The RunStore (clipviz.runstore) is plain Python, so tests drive it directly. The session helpers below
+keep one RunStore, opened for this browser's id (a cookie), and the session's jobs in st.session_state,
+set up behind one guard. A job's runs enter the history when it ends (done, stopped, failed or
+replaced by a newer job): nothing trained is lost, and only the current job's runs reach the charts.
 """
 
 from __future__ import annotations
 
-import itertools
-import threading
-from dataclasses import dataclass, field, replace
+import re
+import secrets
+from dataclasses import replace
 
 import streamlit as st
 
@@ -17,79 +18,11 @@ from ..config import Caps, DataSpec, RunSpec
 from ..data import Dataset, load_dataset
 from ..jobs import Job, JobSnapshot, configure_torch_threads, get_manager
 from ..records import RunResult
+from ..runstore import DB_NAME, RunStore, StoredRun, data_dir
 
-
-@dataclass
-class StoredRun:
-    id: int  # unique within the session, grows
-    result: RunResult  # spec and records
-    job_id: int  # the job that trained it (runs of one job compare fairly)
-    status: str  # the job's end state: done, stopped or failed
-    pinned: bool = False  # pinned runs are never evicted
-
-
-@dataclass
-class RunStore:
-    """The session's finished runs, oldest first; at most `cap` (oldest unpinned evicted)."""
-
-    cap: int = field(default_factory=lambda: Caps.from_env().max_session_runs)
-    runs: list[StoredRun] = field(default_factory=list)
-    _ids: itertools.count = field(default_factory=lambda: itertools.count(1), repr=False)
-    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
-
-    def add(self, results: list[RunResult], job_id: int, status: str) -> tuple[list[int], list[StoredRun]]:
-        """Store a job's runs (those with at least one epoch); returns (new ids, evicted runs)."""
-        with self._lock:
-            new = [StoredRun(next(self._ids), r, job_id, status) for r in results if r.records]
-            self.runs.extend(new)
-            return [s.id for s in new], self._evict()
-
-    def _evict(self) -> list[StoredRun]:
-        evicted = []
-        while len(self.runs) > self.cap:
-            victim = next((s for s in self.runs if not s.pinned), None)
-            if victim is None:  # everything pinned: keep them all, the user asked for it
-                break
-            self.runs.remove(victim)
-            evicted.append(victim)
-        return evicted
-
-    def pin(self, run_id: int, pinned: bool = True) -> None:
-        with self._lock:
-            for s in self.runs:
-                if s.id == run_id:
-                    s.pinned = pinned
-
-    def set_pinned(self, ids: set[int]) -> None:
-        """Pin exactly these runs."""
-        with self._lock:
-            for s in self.runs:
-                s.pinned = s.id in ids
-
-    def remove_unpinned(self) -> int:
-        with self._lock:
-            before = len(self.runs)
-            self.runs = [s for s in self.runs if s.pinned]
-            return before - len(self.runs)
-
-    def ids(self) -> list[int]:
-        with self._lock:
-            return [s.id for s in self.runs]
-
-    def get(self, ids: list[int] | None = None) -> list[StoredRun]:
-        """Stored runs with these ids, in history order (all when ids is None)."""
-        with self._lock:
-            return list(self.runs) if ids is None else [s for s in self.runs if s.id in set(ids)]
-
-    def latest_job_ids(self) -> list[int]:
-        with self._lock:
-            if not self.runs:
-                return []
-            last = self.runs[-1].job_id
-            return [s.id for s in self.runs if s.job_id == last]
-
-    def __len__(self) -> int:
-        return len(self.runs)
+__all__ = ["RunStore", "StoredRun"]  # re-exported: tests and the views import them from here
+COOKIE = "clipviz_browser"  # the per-browser id that keys the history (a random token, not personal data)
+_BROWSER_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def display_results(stored: list[StoredRun]) -> list[RunResult]:
@@ -98,9 +31,9 @@ def display_results(stored: list[StoredRun]) -> list[RunResult]:
     out = []
     for s in stored:
         res = s.result
-        if several:
-            tag = f"#{s.id}" if s.id else "(live)"
-            res = RunResult(replace(res.spec, label=f"{res.label} {tag}"), res.records)
+        if several or s.name:
+            tag = f" #{s.num}" if s.id else " (live)"
+            res = RunResult(replace(res.spec, label=f"{s.label}{tag if several else ''}"), res.records)
         out.append(res)
     return out
 
@@ -117,9 +50,10 @@ def cached_dataset(spec: DataSpec) -> Dataset:
 
 
 def describe(s: StoredRun) -> str:
-    """One line for pickers: '#3 value:5 (job 2, done)'."""
-    pin = " 📌" if s.pinned else ""
-    return f"#{s.id} {s.result.label} (job {s.job_id}, {s.status}){pin}"
+    """One line for pickers and tables: '#3 value:5 · tutorial (job 2)'. It never depends on the pin or on
+    anything else that changes while a widget shows it (a changed label once crashed the History picker)."""
+    where = s.preset or s.result.spec.data.name
+    return f"#{s.num} {s.label} · {where} (job {s.job_id})"
 
 
 # ---- the session ------------------------------------------------------------------------------
@@ -145,34 +79,54 @@ def poll_interval() -> float:
 def init_session() -> None:
     """Everything this session keeps, set up once."""
     if "store" in st.session_state:
-        return
+        return  # set up once per session
     _threads_configured()
-    st.session_state.store = RunStore()
+    caps = Caps.from_env()
+    st.session_state.store = RunStore(data_dir() / DB_NAME, browser_id(), caps.max_session_runs, caps.history_ttl_days)
     st.session_state.jobs = []  # submitted and not yet moved into the store
+    st.session_state.job_preset = {}  # job id -> the preset the controls held when it was submitted
+    st.session_state.job_number = {}  # job id -> its number in this browser's history
     st.session_state.job = None  # the latest job (controls act on it)
     st.session_state.notices = []  # (kind, text) shown once at the top
     st.session_state.job_error = None  # the last failed job's message, shown until the next Train
     # the history runs on the charts. app-owned, not a widget key: a fragment rerun can carry a stale copy
     # of a widget's value from the browser, which would silently undo a selection the app just made.
-    st.session_state.shown_ids = []
     st.session_state.history_version = 0  # part of the history widgets' keys: bumped when the app sets them
+    st.session_state.replaced = set()  # ids of jobs a newer Train replaced: their runs go to the history only
+    st.session_state.hold = False  # Pause or Step was pressed and not Resume: the button offers Resume
+    s = st.session_state.store  # a reload (or a server restart) shows what this browser last trained
+    st.session_state.shown_ids = list(dict.fromkeys([x.id for x in s.get() if x.pinned] + s.latest_job_ids()))
+
+
+def browser_id() -> str:
+    """This browser's id: the cookie it sent, else a new random one (set_cookie_html gives it to the browser).
+
+    A cookie, not the URL: links are shared, and a shared link must not share the history."""
+    if "browser_id" not in st.session_state:
+        sent = st.context.cookies.get(COOKIE, "")
+        sent = sent if isinstance(sent, str) else ""  # AppTest has no browser: no cookies
+        st.session_state.browser_id = sent if _BROWSER_ID.fullmatch(sent) else secrets.token_hex(16)
+        st.session_state.cookie_sent = bool(_BROWSER_ID.fullmatch(sent))
+    return st.session_state.browser_id
+
+
+def set_cookie_html() -> str | None:
+    """A script that stores this session's browser id in a cookie (a year), or None when the browser sent it.
+
+    Streamlit reads cookies (st.context.cookies) but has no call to set one; the id is ours (hex), never user
+    text, so it is safe to write into the script."""
+    if st.session_state.get("cookie_sent", True):
+        return None
+    bid = browser_id()
+    assert _BROWSER_ID.fullmatch(bid)
+    return (f"<script>if (!document.cookie.split('; ').some(c => c.startsWith('{COOKIE}='))) "
+            f"document.cookie = '{COOKIE}={bid}; path=/; max-age=31536000; SameSite=Lax';</script>")  # fmt: skip
 
 
 def show_runs(ids: list[int], redraw: bool = True) -> None:
     """Put these history runs on the charts; redraw=False when the History picker itself changed them."""
     st.session_state.shown_ids = [i for i in ids if i in set(store().ids())]
     st.session_state.history_version += redraw
-
-
-def on_history_pick(which: str, version: int) -> None:
-    """on_change of the History pickers; a stale browser copy of an older picker (see above) is ignored."""
-    if version != st.session_state.history_version:
-        return
-    picked = st.session_state.get(f"{which}_{version}", [])
-    if which == "overlay":
-        show_runs(picked, redraw=False)
-    else:
-        store().set_pinned(set(picked))
 
 
 def shown_ids() -> list[int]:
@@ -199,15 +153,32 @@ def session_id() -> str:
     return ctx.session_id if ctx is not None else "local"
 
 
-def start_job(runs: list[RunSpec], device: str, speed: float | None, dataset=None) -> Job:
-    """Submit one batched job for the session, replacing (stopping) its current one; trained runs are kept."""
+def start_job(runs: list[RunSpec], device: str, speed: float | None, dataset=None, preset: str = "") -> Job:
+    """Submit one batched job for the session, replacing (stopping) its current one; trained runs are kept.
+
+    The replaced job is stopped now and its runs go to the history when it ends, never onto the charts."""
+    old = st.session_state.get("job")
+    if old is not None and not old.snapshot().finished:
+        old.stop()
+        st.session_state.replaced = st.session_state.get("replaced", set()) | {old.id}
     manager = get_manager()  # its reaper stops the jobs of closed tabs
     job = Job(runs, device=device, speed=speed, dataset=dataset)
     manager.submit(job, session_id(), replace=True)
     st.session_state.jobs.append(job)
     st.session_state.job = job
+    st.session_state.job_preset[job.id] = preset
+    # the job's number in this browser's history (the progress line says it, History groups by it)
+    number = max(store().next_job(), st.session_state.get("last_job_number", 0) + 1)
+    st.session_state.last_job_number = number
+    st.session_state.job_number[job.id] = number
     st.session_state.job_error = None
+    st.session_state.hold = False  # the new job plays: the Pause button reads Pause
     return job
+
+
+def job_number(job_id: int) -> int | None:
+    """A job's number in this browser's history (None for a job this session did not start)."""
+    return st.session_state.get("job_number", {}).get(job_id)
 
 
 def current_snapshot() -> JobSnapshot | None:
@@ -227,8 +198,14 @@ def ingest_finished() -> list[int]:
         if not snap.finished:
             keep.append(job)
             continue
-        ids, evicted = store().add(snap.results, snap.job_id, snap.state)
-        new_ids += ids
+        replaced = job.id in st.session_state.get("replaced", set())
+        preset = st.session_state.job_preset.get(job.id, "")
+        number = st.session_state.job_number.get(job.id)
+        # job_key: a rerun can interrupt this loop after the store took a job and before `jobs` forgot it
+        ids, evicted = store().add(snap.results, "replaced" if replaced else snap.state, preset, job=number,
+                                   job_key=f"{number}:{job.id}")  # fmt: skip
+        if not replaced and job is st.session_state.job:  # a replaced job's runs stay off the charts
+            new_ids += ids
         if snap.state == "failed":
             st.session_state.job_error = f"Training job {snap.job_id} failed: {snap.error}"
         if evicted:

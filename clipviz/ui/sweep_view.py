@@ -8,6 +8,7 @@ the sweep is still training; a failed or stopped sweep keeps the chunks it finis
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 import pandas as pd
@@ -110,6 +111,7 @@ def _open_point(spec: RunSpec) -> None:
         return
     load_setup(spec, clips=(spec.clip,), n_seeds=1, start=True)
     st.session_state.sweep_opened = spec
+    st.session_state.sweep_open_rerun = True  # this click reran only the fragment: _point_picker reruns the page
 
 
 def _draw_results(result: SweepResult) -> None:
@@ -146,10 +148,15 @@ def _draw_results(result: SweepResult) -> None:
         st.plotly_chart(sweep_charts.stability_map(result, metric), key="sw_map")
     _point_picker(result)
     c = st.columns(2)
-    c[0].download_button("Download sweep JSON", dumps(result), "sweep.json", "application/json", key="sw_json")
-    c[1].download_button(
-        "Download sweep CSV", to_frame(result).to_csv(index=False), "sweep.csv", "text/csv", key="sw_csv"
-    )
+    # deferred downloads (callables): no media file for the browser to find gone after a rerun (a 404 in its console)
+    c[0].download_button("Download sweep JSON", functools.partial(dumps, result), "sweep.json", "application/json",
+                         key="sw_json", on_click="ignore")  # fmt: skip
+    c[1].download_button("Download sweep CSV", functools.partial(_csv, result), "sweep.csv", "text/csv",
+                         key="sw_csv", on_click="ignore")  # fmt: skip
+
+
+def _csv(result: SweepResult) -> str:
+    return to_frame(result).to_csv(index=False)
 
 
 def _point_picker(result: SweepResult) -> None:
@@ -166,6 +173,10 @@ def _point_picker(result: SweepResult) -> None:
 
         spec = point_spec(sw, SweepPoint(strat, thr, seed, a))
         st.button("Open in comparison", key="sw_open", on_click=_open_point, args=(spec,))
+        if st.session_state.pop("sweep_open_rerun", False):
+            # the sidebar and the Train logic live outside this fragment: the whole page reruns, draws the
+            # loaded setup and trains it (a fragment-only rerun left the old setup on screen to train later)
+            st.rerun(scope="app")
         if st.session_state.get("sweep_opened") == spec:
             st.success(f"Loaded {spec.name} into the comparison tab's controls.")
 
@@ -176,7 +187,8 @@ def _previous() -> None:
     if prev is None:
         return
     with st.expander(f"Previous sweep: {len(prev.runs)} runs (replaced by the one above)"):
-        st.download_button("Download previous sweep JSON", dumps(prev), "sweep-previous.json", key="sw_prev_json")
+        st.download_button("Download previous sweep JSON", functools.partial(dumps, prev), "sweep-previous.json",
+                           key="sw_prev_json", on_click="ignore")  # fmt: skip
 
 
 def _status(snap: SweepSnapshot) -> None:
