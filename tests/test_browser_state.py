@@ -128,7 +128,10 @@ def test_long_session_pins_seeds_history_sweep_export(browser, server):
         bu.pick(page, "sw_p_t", "2.154")
         bu.click_button(page, "sw_open")
         # the whole page reruns: the sidebar holds the point and its job trains (once it did nothing)
-        page.wait_for_function("() => location.search.includes('strategies=norm')", timeout=30_000)
+        page.wait_for_function(  # the link is written one parameter at a time
+            "() => location.search.includes('strategies=norm') && location.search.includes('thr_norm=')",
+            timeout=30_000,
+        )
         assert parse_qs(urlparse(page.url).query)["strategies"] == ["norm"]
         assert float(parse_qs(urlparse(page.url).query)["thr_norm"][0]) == pytest.approx(2.154, rel=1e-3)
         bu.tab(page, "Compare")
