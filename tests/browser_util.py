@@ -274,10 +274,12 @@ def slider_to(page, key: str, steps_from_min: int, timeout_ms: float = 15_000) -
     wait_idle(page, timeout_ms)
 
 
-def click_button(page, key: str, timeout_ms: float = 15_000) -> None:
-    """Click the (visible) button with this widget key and wait for the script to finish."""
+def click_button(page, key: str, timeout_ms: float = 15_000, idle: bool = True) -> None:
+    """Click the (visible) button with this widget key and (idle=True) wait for the script to finish. While a
+    job plays, its polling fragment keeps the script busy: then wait for what the click should show instead."""
     page.locator(f".st-key-{key} button:visible").click()
-    wait_idle(page, timeout_ms)
+    if idle:
+        wait_idle(page, timeout_ms)
 
 
 def button_text(page, key: str) -> str:

@@ -148,9 +148,9 @@ def test_long_session_pins_seeds_history_sweep_export(browser, server):
 def test_step_after_pause_offers_resume(browser, server):
     with _page(browser, server, "epochs=200") as page:
         bu.set_speed(page, "2")
-        bu.click_button(page, "train")
+        bu.click_button(page, "train", idle=False)
         bu.wait_epoch(page, 1, timeout_ms=30_000)
-        bu.click_button(page, "pause")
+        bu.click_button(page, "pause", idle=False)
         page.wait_for_function(
             "sel => document.querySelector(sel)?.textContent.includes('paused')", arg=bu.PROGRESS, timeout=15_000
         )
@@ -162,16 +162,16 @@ def test_step_after_pause_offers_resume(browser, server):
             timeout=15_000,
         )
         assert bu.button_text(page, "pause").endswith("Resume")  # it read 'Pause', and pausing again did nothing
-        bu.click_button(page, "pause")
-        bu.wait_epoch(page, epoch + 2, timeout_ms=15_000)  # it plays again
-        bu.click_button(page, "stop")
+        bu.click_button(page, "pause", idle=False)
+        bu.wait_epoch(page, epoch + 2, timeout_ms=30_000)  # it plays again
+        bu.click_button(page, "stop", idle=False)
         bu.wait_done(page, timeout_ms=30_000)
 
 
 def test_progress_and_status_lines_come_from_one_snapshot(browser, server):
     with _page(browser, server, "epochs=60&strategies=value&strategies=norm") as page:
         bu.set_speed(page, "20")
-        bu.click_button(page, "train")
+        bu.click_button(page, "train", idle=False)
         seen = 0
         for _ in range(40):
             text = page.evaluate(
