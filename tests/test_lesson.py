@@ -14,19 +14,26 @@ from clipviz.ui import lesson
 
 
 def test_lesson_medians_are_what_five_seeds_train():
-    # the numbers the lesson prints next to the article's, retrained: seeds 1-5, 100 epochs, CPU float32. Value
-    # clipping here is chaotic (DESIGN.md), so another torch build may move its medians; same build, same numbers.
+    # the numbers the lesson prints next to the article's, retrained: seeds 1-5, 100 epochs, CPU float32.
+    # Norm clipping is checked to 1%: it is not chaotic here. Value clipping on the unscaled tutorial is chaotic
+    # (DESIGN.md: a 1e-12 perturbation moves the final MSE by up to 2x), so its 100-epoch medians move with any
+    # change of float rounding (another CPU's GEMM kernels, an engine change): for it only what the lesson says
+    # about the numbers is tested (all five seeds train; norm clipping validates better), not the numbers.
     runs = [replace(TUTORIAL, clip=c, seed=s) for c in (ClipSpec("value", 5.0), ClipSpec("norm", 1.0))
             for s in range(1, 6)]  # fmt: skip
     results = train(runs, device="cpu")
+    medians = {}
     for name, (train_q, val_q) in lesson.MEDIANS_5_SEEDS.items():
         finals = [r.final for r in results if r.spec.clip.strategy == name and not r.diverged]
-        assert len(finals) == 5
+        assert len(finals) == 5, name
         for field, want in (("train_loss", train_q), ("val_loss", val_q)):
             got = np.percentile([getattr(f, field) for f in finals], [50, 25, 75])
-            assert got == pytest.approx(want, rel=0.01), (name, field)
-    # what the lesson says about them: norm clipping is better on both here, unlike the article's one run
+            medians[name, field] = got[0]
+            if name == "norm":
+                assert got == pytest.approx(want, rel=0.01), (name, field)
+    # what the lesson says about them: norm clipping validates better here, unlike the article's one run
     assert lesson.MEDIANS_5_SEEDS["norm"][1][0] < lesson.MEDIANS_5_SEEDS["value"][1][0]
+    assert medians["norm", "val_loss"] < medians["value", "val_loss"]
 
 
 def test_every_try_it_switches_to_where_its_result_is():
