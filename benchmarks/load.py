@@ -10,8 +10,11 @@ value:5 / norm:1, 100 epochs; the 'Epochs per second' slider stays at the app's 
 exception box on its page, the server's peak RSS, and its thread count before, during and after:
 the contexts are closed and the server is watched for --after seconds (Streamlit forgets a
 disconnected session after about 2 minutes). Server figures come from /proc/<pid>/status.
-Issue's target on the 2-core machine: N = 4 all finish within 20 s, no exception on any page,
-threads back to the baseline after the sessions close.
+Training runs in the server's worker processes (clipviz.executors; their CPU is reported beside the
+server's), so the server's thread count must come back to its baseline and hold no training thread.
+Issue 11's targets on the 2-core machine: N = 4 all finish within 12 s, N = 8 within 25 s, the first
+epoch on screen within 2 s of the click for every session, no exception on any page. The load average
+before and after is printed: other work on a shared machine skews every figure.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clipviz.config import Caps  # noqa: E402
 from tests import browser_util as bu  # noqa: E402
 
-FINISH_TARGET_S = 20.0
+FINISH_TARGETS_S = {4: 12.0, 8: 25.0}  # sessions -> every session done within (issue 11)
+FIRST_EPOCH_TARGET_S = 2.0
 
 
 class Sampler:
@@ -130,7 +134,8 @@ async def run(args) -> int:
                 opened = await asyncio.gather(
                     *(open_session(browser, server.url, args.speed) for _ in range(args.sessions))
                 )
-                cpu0 = bu.cpu_seconds([pid]), bu.cpu_seconds(browser_pids(pid))
+                workers = bu.descendants(pid)  # the training worker processes (clipviz.executors)
+                cpu0 = bu.cpu_seconds([pid]), bu.cpu_seconds(browser_pids(pid)), bu.cpu_seconds(workers)
                 start = asyncio.Event()
                 tasks = [asyncio.create_task(train(page, start, args.timeout * 1000)) for _, page, _ in opened]
                 await asyncio.sleep(0.2)  # every task is waiting on the event: the clicks go out together
@@ -138,7 +143,12 @@ async def run(args) -> int:
                 start.set()
                 results = await asyncio.gather(*tasks, return_exceptions=True)
                 all_done = time.perf_counter() - t_start
-                cpu = bu.cpu_seconds([pid]) - cpu0[0], bu.cpu_seconds(browser_pids(pid)) - cpu0[1]
+                cpu = (
+                    bu.cpu_seconds([pid]) - cpu0[0],
+                    bu.cpu_seconds(browser_pids(pid)) - cpu0[1],
+                    bu.cpu_seconds(workers) - cpu0[2],
+                )
+                load1 = " ".join(f"{x:.2f}" for x in os.getloadavg())
             after_run = bu.proc_status(pid)
             for context, _, _ in opened:
                 await context.close()
@@ -166,6 +176,7 @@ async def run(args) -> int:
     print(f"\n{'session':<9}{'first epoch s':>14}{'finished s':>12}{'exceptions':>12}  page shows")
     ok = True
     finish = []
+    target = FINISH_TARGETS_S.get(args.sessions, FINISH_TARGETS_S[8] * args.sessions / 8)
     for i, r in enumerate(results, 1):
         if isinstance(r, BaseException):
             ok = False
@@ -173,17 +184,22 @@ async def run(args) -> int:
             continue
         first = f"{r['first']:.2f}" if r["first"] is not None else "-"
         done = f"{r['done']:.2f}" if r["done"] is not None else "-"
-        ok &= r["done"] is not None and r["done"] <= FINISH_TARGET_S and r["exceptions"] == 0
+        ok &= r["done"] is not None and r["done"] <= target and r["exceptions"] == 0
+        ok &= r["first"] is not None and r["first"] <= FIRST_EPOCH_TARGET_S
         ok &= r["shown"] == "epoch 100/100 · done"
         if r["done"] is not None:
             finish.append(r["done"])
         print(f"{i:<9}{first:>14}{done:>12}{r['exceptions']:>12}  {r['shown']}")
     spread = f": median {statistics.median(finish):.2f} s, max {max(finish):.2f} s" if finish else ""
-    print(f"finished {len(finish)}/{len(results)}{spread} (target: all within {FINISH_TARGET_S:g} s)")
+    firsts = [r["first"] for r in results if isinstance(r, dict) and r["first"] is not None]
+    print(f"finished {len(finish)}/{len(results)}{spread} (target: all within {target:g} s)")
+    if firsts:
+        print(f"first epoch on screen: max {max(firsts):.2f} s (target: all within {FIRST_EPOCH_TARGET_S:g} s)")
+    print(f"load average before: {load0}; after the sessions ended: {load1}")
 
     cores = os.cpu_count() or 1
     print(
-        f"CPU from the clicks until every session ended ({all_done:.1f} s x {cores} cores = {cores * all_done:.0f} CPU-s): server {cpu[0]:.1f} CPU-s, browser {cpu[1]:.1f} CPU-s"
+        f"CPU from the clicks until every session ended ({all_done:.1f} s x {cores} cores = {cores * all_done:.0f} CPU-s): server {cpu[0]:.1f} CPU-s, training workers ({len(workers)}) {cpu[2]:.1f} CPU-s, browser {cpu[1]:.1f} CPU-s"
     )
     print(f"\n{'server':<38}{'threads':>8}{'RSS':>10}")
     rows = [("before: fresh server, no page", cold), ("before: after one page load (baseline)", base)]

@@ -1,6 +1,6 @@
 """Sweep cost on the tutorial (100 epochs), as ratios measured in one process.
 
-    python benchmarks/sweep.py [--device cpu|cuda] [--repeat 3] [--chunk-size 256]
+    python benchmarks/sweep.py [--device cpu|cuda] [--repeat 3] [--chunk-size 256] [--executors]
 
 2 strategies (value, norm) x 25 thresholds (0.01..1000) x 5 seeds = 250 runs, plus the sweep's no-clipping
 baseline (5 runs, 255 in all; they diverge in epoch 1), with every record the sweep keeps (per-step norms,
@@ -75,6 +75,69 @@ def _is_tensor(obj) -> bool:
         return False
 
 
+def executors(args) -> None:
+    """The same 255-run sweep through 1 and 2 local worker processes (clipviz.executors.ChunkExecutor) and a
+    local Ray (ray.init(num_cpus=2)): wall time of each, started warm (pool ready, Ray up, one sweep run
+    through Ray before timing so its workers have imported torch). Target: 2 workers >= 1.7x faster than 1."""
+    from clipviz.executors import ChunkExecutor, WorkerPool
+
+    sweep = make_sweep(TUTORIAL, ["value", "norm"], LogRange(0.01, 1000, 25), seeds=5)
+    chunks = plan_chunks(sweep, args.chunk_size)
+    ref = run_sweep(sweep, executor=LocalExecutor(args.device), chunk_size=args.chunk_size)
+    rows, same = [], []
+
+    def cpu_of(pids) -> float:
+        """utime + stime of these processes, s (the workers' CPU: contention shows as CPU-s / wall-s < workers)."""
+        tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        return total
+
+    def measure(name, make_ex, pids=()) -> float:
+        times = []
+        for _ in range(args.repeat):
+            before, c0 = load(), cpu_of(pids)
+            t, _cpu, res = timed(lambda: run_sweep(sweep, executor=make_ex(), chunk_size=args.chunk_size))
+            assert res.complete
+            same.append(sorted(map(repr, res.runs)) == sorted(map(repr, ref.runs)))
+            rows.append((name, t, (cpu_of(pids) - c0) if pids else None, before, load()))
+            times.append(t)
+        return min(times)
+
+    best = {}
+    for n in (1, 2):
+        pool = WorkerPool(n)
+        assert pool.wait_ready(300)
+        best[f"{n} worker(s)"] = measure(
+            f"{n} local worker(s)", lambda pool=pool: ChunkExecutor(pool, device=args.device)
+        )
+        pool.shutdown()
+    try:
+        import ray
+
+        from clipviz.ray_executor import RayExecutor, runtime_env
+
+        ray.init(num_cpus=2, runtime_env=runtime_env(), include_dashboard=False, log_to_driver=False)
+        run_sweep(sweep, executor=RayExecutor(device=args.device), chunk_size=args.chunk_size)  # warm-up
+        best["ray"] = measure("local Ray (num_cpus=2)", lambda: RayExecutor(device=args.device))
+        ray.shutdown()
+    except ImportError:
+        print("ray not installed: pip install -r requirements-ray.txt (Ray row skipped)")
+    print(f"sweep: {len(ref.runs)} runs, chunks {[len(c) for c in chunks]}, 100 epochs, {os.cpu_count()} cores")
+    print(f"{'executor':28s} {'wall s':>8s} {'worker CPU-s':>13s}  load average before -> after")
+    for name, t, cpu, before, after in rows:
+        c = "-" if cpu is None else f"{cpu:.2f}"
+        print(f"{name:28s} {t:8.2f} {c:>13s}  {before} -> {after}")
+    ratio = best["1 worker(s)"] / best["2 worker(s)"]
+    print(
+        f"2 workers vs 1 (best of {args.repeat}): {ratio:.2f}x faster (target >= 1.7) {'ok' if ratio >= 1.7 else 'MISSED'}"
+    )
+    if "ray" in best:
+        print(f"local Ray vs 1 worker: {best['1 worker(s)'] / best['ray']:.2f}x")
+    print("summaries equal to the in-process sweep:", all(same))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -83,7 +146,11 @@ def main() -> None:
     ap.add_argument(
         "--compile", action="store_true", help="also train the sweep once with the engine's torch.compile'd step"
     )
+    ap.add_argument("--executors", action="store_true", help="instead: 1 vs 2 local worker processes vs local Ray")
     args = ap.parse_args()
+    if args.executors:
+        executors(args)
+        return
     torch.set_num_threads(1)
     ds = load_dataset(TUTORIAL.data)
     plain_spec = TUTORIAL.__class__(clip=ClipSpec("norm", 1.0))
