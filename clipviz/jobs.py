@@ -380,6 +380,8 @@ class Job(BackgroundJob):
                 self._steps = mirror["steps"]
             if "speed" in mirror:
                 self._speed = mirror["speed"]
+            if op == "resume" and self._state == "paused":
+                self._state = "running"  # at once: the page offers Pause again (the worker confirms with its epochs)
             self._set_locked()
             handle, changed = self._handle, was != self.busy
         if handle is not None:
