@@ -8,7 +8,6 @@ import io
 import json
 import re
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -17,25 +16,14 @@ from clipviz.config import STRATEGIES, TUTORIAL, Caps, ClipSpec, RunSpec
 from clipviz.jobs import Job
 from clipviz.records import EpochRecord, RunResult, loads
 from clipviz.ui import controls, export
+from tests.app_util import JOIN_S
+from tests.app_util import assert_ok as _ok
+from tests.app_util import open_app as _app
 
 
 def _reject_constant(name: str):
     """json.loads accepts NaN/Infinity by default; strict JSON may not contain them."""
     raise ValueError(f"non-strict JSON constant {name}")
-
-
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
-JOIN_S = 60  # a bound on one short job's thread, never a stand-in for synchronisation
-
-
-def _app(**query) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=30)
-    at.query_params.update(query)
-    return at.run()
-
-
-def _ok(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
 
 
 def _errors(at: AppTest) -> str:

@@ -3,29 +3,18 @@ across Train, replaced jobs, the sweep's 'Open in comparison', CSV upload and th
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from clipviz.__main__ import base_spec, build_parser
 from clipviz.config import PRESETS, TUTORIAL_CLIPS, Caps, ClipSpec, with_clips
 from clipviz.ui import controls
+from tests.app_util import JOIN_S
+from tests.app_util import assert_ok as _ok
+from tests.app_util import open_app as _app
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
-JOIN_S = 60  # a bound on one short job's thread, never a stand-in for synchronisation
 CAPS = Caps.from_env()
 TABLE = controls.widget_table(CAPS)
-
-
-def _app(**query) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=30)
-    at.query_params.update(query)
-    return at.run()
-
-
-def _ok(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
 
 
 def _values(at: AppTest) -> dict:

@@ -323,7 +323,9 @@ def test_a_crashed_sweep_shows_its_error_keeps_finished_chunks_and_frees_the_slo
     at.button(key="sw_run").click().run()
     snap = _finish(at)
     assert snap.state == "failed" and len(snap.result.runs) == 2 + 8  # the baseline and one strategy
-    errors = [re.sub(r"\\(.)", r"\1", e.value).replace("\u200b", "") for e in at.error]  # as read: user text is markdown-escaped
+    errors = [
+        re.sub(r"\\(.)", r"\1", e.value).replace("\u200b", "") for e in at.error
+    ]  # as read: user text is markdown-escaped
     assert errors == [
         "The sweep failed: RuntimeError: out of memory (pretend). The 10 runs of its finished chunks are shown below."
     ]
