@@ -203,6 +203,8 @@ def test_links_keep_dropdowns_presets_keep_the_data_expander_and_no_404(browser,
         box.press("Enter")
         page.keyboard.press("Escape")
         bu.wait_idle(page)
+        # the link is written by the rerun the new chip starts: wait for that rerun's URL, not for a quiet page
+        page.wait_for_function("() => new URLSearchParams(location.search).getAll('strategies').includes('agc')")
         assert "agc" in parse_qs(urlparse(page.url).query)["strategies"], page.url
         bu.pick(page, "preset", "tutorial")
         page.get_by_text("Data", exact=True).click()  # open the Data expander
@@ -211,6 +213,7 @@ def test_links_keep_dropdowns_presets_keep_the_data_expander_and_no_404(browser,
         bu.pick(page, "optimizer", "adam")
         page.get_by_text("Model", exact=True).click()
         bu.pick(page, "activation", "tanh")
+        page.wait_for_function("() => new URLSearchParams(location.search).get('activation') === 'tanh'")
         query = parse_qs(urlparse(page.url).query)
         assert (query["dataset"], query["optimizer"], query["activation"]) == (["diabetes"], ["adam"], ["tanh"])
         page.goto(page.url)  # the link gives the setup back
