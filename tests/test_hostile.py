@@ -19,7 +19,9 @@ from clipviz.config import TUTORIAL, Caps, ConfigError, DataSpec
 from clipviz.data import load_dataset, read_csv_table
 from clipviz.text import MAX_LINE, ZWSP, md_escape, shorten
 from clipviz.ui import controls, export
-from tests.test_app import APP, _errors, _fake_result, _ok
+from tests.app_util import APP
+from tests.app_util import assert_ok as _ok
+from tests.test_app import _errors, _fake_result
 
 IMG = "![x](http://127.0.0.1:8799/p.png)"
 PHISH = "[Session expired - log in again](http://evil.example/login)"
