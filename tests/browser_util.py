@@ -307,6 +307,22 @@ def stored_count(page) -> int:
     return int(m.group(1)) if m else 0
 
 
+_JS_STORED = """(want) => {
+    const m = (document.querySelector('[data-testid="stMain"]')?.innerText || "").match(/(\\d+) runs? kept in this browser/);
+    return (m ? Number(m[1]) : 0) === want;
+}"""
+
+
+def wait_stored(page, want: int, timeout_ms: float = 15_000) -> int:
+    """stored_count once it reads `want`, or what it reads at the deadline: an action's rerun may not have
+    started when the page first looks idle, so a count read at once can be the one from before the action."""
+    try:
+        page.wait_for_function(_JS_STORED, arg=want, timeout=timeout_ms)
+    except Exception:  # playwright's TimeoutError: the caller's assertion shows what the page says instead
+        pass
+    return stored_count(page)
+
+
 def progress_text(page) -> str:
     loc = page.locator(PROGRESS)
     return loc.inner_text() if loc.count() else ""

@@ -107,7 +107,7 @@ def test_long_session_pins_seeds_history_sweep_export(browser, server):
             print(f"job {i + 1} done at {time.monotonic() - t0:.1f}s")
         assert jobs >= 30
         bu.tab(page, "History")
-        assert bu.stored_count(page) == 3 * 29 + 15
+        assert bu.wait_stored(page, 3 * 29 + 15) == 3 * 29 + 15
         _no_exception(page)
         bu.click_button(page, "show_pinned")  # the three pinned runs, kept through every later Train
         bu.tab(page, "Compare")
@@ -246,32 +246,32 @@ def test_history_survives_reload_and_restart_and_stays_private(browser, tmp_path
             _train(pa)
             _train(pa)
             bu.tab(pa, "History")
-            assert bu.stored_count(pa) == 6
+            assert bu.wait_stored(pa, 6) == 6
             bu.history_click(pa, 2, "pin")
             pa.reload()
             bu.open_app(pa, f"{srv.url}/?epochs=2")
             assert _labels(pa) == ["none", "value:5", "norm:1"]  # a reload shows the last job again
             bu.tab(pa, "History")
-            assert bu.stored_count(pa) == 6
+            assert bu.wait_stored(pa, 6) == 6
             pb = b.new_page()
             bu.open_app(pb, f"{srv.url}/?epochs=2")
             bu.tab(pb, "History")
-            assert bu.stored_count(pb) == 0 and pb.get_by_text("No runs stored yet").count() == 1
+            assert bu.wait_stored(pb, 0) == 0 and pb.get_by_text("No runs stored yet").count() == 1
         with bu.streamlit_server(tmp_path / "second.log", env=env) as srv:  # the server restarts
             bu.open_app(pa, f"{srv.url}/?epochs=2", timeout_ms=60_000)
             bu.tab(pa, "History")
-            assert bu.stored_count(pa) == 6
+            assert bu.wait_stored(pa, 6) == 6
             bu.click_button(pa, "clear_history")  # the pinned run stays: it survived the restart pinned
-            assert bu.stored_count(pa) == 1
+            assert bu.wait_stored(pa, 1) == 1
             bu.open_app(pb, f"{srv.url}/?epochs=2")
             bu.set_speed(pb, "max")
             _train(pb)
             bu.tab(pb, "History")
-            assert bu.stored_count(pb) == 3
+            assert bu.wait_stored(pb, 3) == 3
             bu.tab(pa, "Compare")
             bu.open_app(pa, f"{srv.url}/?epochs=2")
             bu.tab(pa, "History")
-            assert bu.stored_count(pa) == 1  # b's runs never show in a
+            assert bu.wait_stored(pa, 1) == 1  # b's runs never show in a
     finally:
         a.close()
         b.close()
