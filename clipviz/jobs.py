@@ -125,17 +125,28 @@ class BackgroundJob:
 
         If the OS refuses a thread the job fails (never raises): the server keeps going.
         """
+        return self._start_once(lambda: self._thread is not None, self._start_thread)
+
+    def _start_thread(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"clipviz-{self.kind}-{self.id}", daemon=True)
+        try:
+            self._thread.start()
+        except Exception:
+            self._thread = None
+            raise
+
+    def _start_once(self, started: Callable[[], bool], launch: Callable[[], None]):
+        """Mark a queued, not yet started job running and `launch` it, under the job's lock. If `launch`
+        raises, the job fails with that message (the traceback goes to the log) and frees its slot."""
         with self._cond:
-            if self._state != "queued" or self._thread is not None:
+            if self._state != "queued" or started():
                 return self
-            self._thread = threading.Thread(target=self._run, name=f"clipviz-{self.kind}-{self.id}", daemon=True)
             self._set_locked(state="running")
             try:
-                self._thread.start()
+                launch()
                 failed = False
             except Exception as exc:
                 log.exception("clipviz %s job %s could not start", self.kind, self.id)
-                self._thread = None
                 self._set_locked(state="failed", error=f"{type(exc).__name__}: {exc}")
                 failed = True
         if failed:
@@ -319,23 +330,13 @@ class Job(BackgroundJob):
         """
         from .worker import CompareTask
 
-        with self._cond:
-            if self._state != "queued" or self._handle is not None:
-                return self
-            self._set_locked(state="running")
+        def launch() -> None:  # under the job's lock, with the controls as they are now
             kw = self._kw
             task = CompareTask(tuple(self.runs), kw["device"], kw["record"], kw["caps"], kw["dataset"])
             task = replace(task, speed=self._speed, paused=self._paused, steps=self._steps)
-            try:
-                self._handle = (self._executor or _default_executor()).launch(task, self)
-                failed = False
-            except Exception as exc:
-                log.exception("clipviz %s job %s could not start", self.kind, self.id)
-                self._set_locked(state="failed", error=f"{type(exc).__name__}: {exc}")
-                failed = True
-        if failed:
-            self._finish()
-        return self
+            self._handle = (self._executor or _default_executor()).launch(task, self)
+
+        return self._start_once(lambda: self._handle is not None, launch)
 
     def stop(self) -> None:
         """Stop soon (within or after the epoch in progress); what was trained stays in the job."""
