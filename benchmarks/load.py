@@ -68,7 +68,11 @@ async def open_session(browser, url: str, speed: str | None) -> tuple:
     page = await context.new_page()
     t = time.perf_counter()
     await page.goto(url, wait_until="domcontentloaded", timeout=120_000)
-    await page.locator(bu.TRAIN).wait_for(state="visible", timeout=120_000)
+    # the Train button, or the exception box that took its place (then say what it says, now)
+    await page.locator(bu.TRAIN).or_(page.locator(bu.EXCEPTION)).first.wait_for(state="visible", timeout=120_000)
+    if await page.locator(bu.EXCEPTION).count():
+        text = await page.locator(bu.EXCEPTION).first.inner_text()
+        raise RuntimeError(f"the page shows an exception instead of the dashboard:\n{text}")
     await page.locator(bu.IDLE).wait_for(state="attached", timeout=120_000)
     if speed is not None:
         thumb = page.locator(f'{bu.SPEED} input[type="range"]').first
@@ -116,8 +120,10 @@ async def run(args) -> int:
     from playwright.async_api import async_playwright
 
     load0 = " ".join(f"{x:.2f}" for x in os.getloadavg())  # other work on the machine skews every figure
-    log = Path(tempfile.mkdtemp(prefix="clipviz-load-")) / "streamlit.log"
-    with bu.streamlit_server(log) as server:
+    tmp = Path(tempfile.mkdtemp(prefix="clipviz-load-"))
+    log = tmp / "streamlit.log"
+    # its own history file: the sessions' runs do not land in the user's, nor does an old file skew the figures
+    with bu.streamlit_server(log, env={"CLIPVIZ_DATA_DIR": str(tmp / "data")}) as server:
         pid = server.pid
         cold = bu.proc_status(pid)
         async with async_playwright() as pw:

@@ -36,9 +36,14 @@ CREATE TABLE IF NOT EXISTS runs (
     result TEXT NOT NULL,                  -- clipviz results JSON of this one run
     job_key TEXT                           -- the caller's id of the job: storing the same job twice is a no-op
 );
+CREATE TABLE IF NOT EXISTS owners (owner TEXT PRIMARY KEY, last_seen REAL NOT NULL);
+"""
+# columns added after a history file may have been written: (name, declaration). A file from before gets
+# them by ALTER TABLE when opened (its runs kept; the new column is NULL there), then the indexes.
+_ADDED_COLUMNS = (("job_key", "TEXT"),)
+_INDEXES = """
 CREATE INDEX IF NOT EXISTS runs_owner ON runs (owner, id);
 CREATE INDEX IF NOT EXISTS runs_job_key ON runs (owner, job_key);
-CREATE TABLE IF NOT EXISTS owners (owner TEXT PRIMARY KEY, last_seen REAL NOT NULL);
 """
 _COLS = "id, num, job, status, pinned, name, note, preset, created"
 
@@ -88,6 +93,8 @@ class RunStore:
         try:
             raw.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
             raw.executescript(_SCHEMA)
+            _migrate(raw)
+            raw.executescript(_INDEXES)
         finally:
             raw.close()
         with self._db() as db:
@@ -228,6 +235,20 @@ class RunStore:
             res = loads(text)[0]
             _remember(self.path, rid, res)
         return StoredRun(rid, res, job, status, bool(pinned), num, name, note, preset, created)
+
+
+def _migrate(raw: sqlite3.Connection) -> None:
+    """Add the columns an older history file lacks, in one transaction (two servers may open it at once)."""
+    raw.execute("BEGIN IMMEDIATE")
+    try:
+        have = {row[1] for row in raw.execute("PRAGMA table_info(runs)")}
+        for name, decl in _ADDED_COLUMNS:
+            if name not in have:
+                raw.execute(f"ALTER TABLE runs ADD COLUMN {name} {decl}")
+        raw.execute("COMMIT")
+    except BaseException:
+        raw.execute("ROLLBACK")
+        raise
 
 
 def _remember(path: str, rid: int, res: RunResult) -> None:

@@ -92,3 +92,19 @@ def test_storing_the_same_job_twice_stores_it_once(tmp_path):
     first, _ = store.add([_result("value:1"), _result("norm:1")], "done", job=4, job_key="4:17")
     again, _ = store.add([_result("value:1"), _result("norm:1")], "done", job=4, job_key="4:17")
     assert again == first and len(store) == 2 and [s.job_id for s in store.get()] == [4, 4]
+
+
+def test_a_history_file_from_before_job_keys_is_upgraded_and_keeps_its_runs(tmp_path):
+    # the runs table as the first release wrote it (no job_key column): opening it crashed the app's first line
+    path, owner = tmp_path / "old.db", "e" * 32
+    store = RunStore(path, owner)
+    store.add([_result("value:1")], "done")
+    with sqlite3.connect(path) as raw:
+        raw.execute("DROP INDEX runs_job_key")
+        raw.execute("ALTER TABLE runs DROP COLUMN job_key")
+        assert "job_key" not in {r[1] for r in raw.execute("PRAGMA table_info(runs)")}
+    reopened = RunStore(path, owner)
+    assert [s.result.label for s in reopened.get()] == ["value:1"]
+    first, _ = reopened.add([_result("norm:1")], "done", job_key="2:1")
+    again, _ = reopened.add([_result("norm:1")], "done", job_key="2:1")
+    assert again == first and len(reopened) == 2
