@@ -138,6 +138,58 @@ def norm_histogram(values: list[float] | np.ndarray) -> dict[str, Any]:
     }
 
 
+# a norm within this distance of the clip threshold c counts as "= c": global-norm clipping leaves
+# c * g / (g + 1e-6), i.e. c minus at most 1e-6 (clip_grad_norm_'s epsilon), and float32 rounds it by ~1e-7 * c
+_AT_C_ABS, _AT_C_REL = 1e-6, 1e-6
+_AT_C_HALF = 0.0625  # half the height, in decades, at which the '= c' row is drawn (its true width is ~1e-6)
+
+
+@dataclass(frozen=True)
+class NormBins:
+    """Rows of a gradient-norm histogram: quarter decades (NORM_EDGES), below and above them, and, given a clip
+    threshold c, one row of its own for norms equal to c: every clipped norm lands on that one row instead of
+    straddling a bin edge (c = 1 is an edge of NORM_EDGES)."""
+
+    edges: np.ndarray  # [R - 1] ascending counting edges: row 0 is v < edges[0], row i is edges[i-1] <= v < edges[i]
+    display: np.ndarray  # [R + 1] log10 boundaries of the rows as drawn (the '= c' row gets a visible height)
+    labels: tuple[str, ...]  # [R] one per row, e.g. '‖g‖ in [0.1, 0.178)' or '‖g‖ = 1 (the clip threshold)'
+    at_c: int | None  # index of the '= c' row; None without a threshold (or one outside NORM_EDGES)
+    threshold: float | None  # c, when at_c is set
+
+    def counts(self, values: list[float] | np.ndarray) -> np.ndarray:
+        """[R + 1] counts: the R finite rows, then the non-finite norms (inf and NaN)."""
+        v = np.asarray(values, dtype=float)
+        finite = v[np.isfinite(v)]
+        rows = np.bincount(np.searchsorted(self.edges, finite, side="right"), minlength=len(self.labels))
+        return np.append(rows, v.size - finite.size)
+
+
+def norm_bins(threshold: float | None = None) -> NormBins:
+    """NormBins on NORM_EDGES; with a threshold c inside them, c gets its own row [c - tol, c + tol], and the grid
+    edges within an eighth of a decade of c are dropped (no sliver rows next to it)."""
+    logs = np.log10(NORM_EDGES)
+    ok = threshold is not None and math.isfinite(threshold) and NORM_EDGES[0] < threshold < NORM_EDGES[-1]
+    if not ok:
+        display = np.concatenate([[logs[0] - 0.25], logs, [logs[-1] + 0.25]])
+        labels = [f"‖g‖ in [{a:.3g}, {b:.3g})" for a, b in zip(NORM_EDGES[:-1], NORM_EDGES[1:], strict=True)]
+        labels = [f"‖g‖ < {NORM_EDGES[0]:.3g}", *labels, f"‖g‖ ≥ {NORM_EDGES[-1]:.3g}"]
+        return NormBins(NORM_EDGES.copy(), display, tuple(labels), None, None)
+    c, lc = float(threshold), math.log10(threshold)
+    tol = _AT_C_ABS + _AT_C_REL * c
+    keep = np.abs(logs - lc) > 2 * _AT_C_HALF
+    below, above = NORM_EDGES[keep & (logs < lc)], NORM_EDGES[keep & (logs > lc)]
+    edges = np.concatenate([below, [c - tol, np.nextafter(c + tol, math.inf)], above])
+    display = np.concatenate([[logs[0] - 0.25], np.log10(below), [lc - _AT_C_HALF, lc + _AT_C_HALF]])
+    display = np.concatenate([display, np.log10(above), [logs[-1] + 0.25]])
+    at_c = len(below) + 1
+    labels = [f"‖g‖ in [{a:.3g}, {b:.3g})" for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    labels = [f"‖g‖ < {edges[0]:.3g}", *labels, f"‖g‖ ≥ {edges[-1]:.3g}"]
+    labels[at_c - 1] = f"‖g‖ in [{below[-1]:.3g}, {c:g})" if below.size else f"‖g‖ < {c:g}"
+    labels[at_c] = f"‖g‖ = {c:g} (the clip threshold)"
+    labels[at_c + 1] = f"‖g‖ in ({c:g}, {above[0]:.3g})" if above.size else f"‖g‖ > {c:g}"
+    return NormBins(edges, display, tuple(labels), at_c, c)
+
+
 def to_json(results: list[RunResult]) -> dict[str, Any]:
     """The documented JSON document (README: 'JSON schema')."""
     return {

@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import pytest
 
 from clipviz.config import TUTORIAL, ClipSpec, OptimSpec, RunSpec
-from clipviz.records import NORM_EDGES, VALUE_EDGES, EpochRecord, RunResult
+from clipviz.records import NORM_EDGES, VALUE_EDGES, EpochRecord, RunResult, norm_bins
 from clipviz.ui import charts
 
 INF, NAN = math.inf, math.nan
@@ -180,7 +180,8 @@ def test_norm_distribution_heatmap_counts_threshold_and_nonfinite_row(tutorial):
 def test_norm_grid_shares_axes_one_column_per_run(tutorial):
     fig = charts.norm_distribution_grid(tutorial)
     heatmaps = [t for t in fig.data if isinstance(t, go.Heatmap)]
-    assert len(heatmaps) == 3 and len({tuple(h.y) for h in heatmaps}) == 1
+    # the same norm span in every column (a global-norm run's rows differ only by its own '= c' row)
+    assert len(heatmaps) == 3 and len({(h.y[0], h.y[-1]) for h in heatmaps}) == 1
     assert fig.layout.yaxis2.matches == "y"  # same norm axis in every column
     # the epoch axis: each panel as wide as the epochs its run trained (a run that diverged in epoch 1 gets a narrow
     # one, at least 35% of a full panel), so an epoch has the same width in every panel that is not clamped
@@ -454,3 +455,42 @@ def test_seeds_pool_into_one_norm_panel_and_one_table_row_per_strategy():
     assert table["median final val_loss"][0] == pytest.approx(np.median(finals))
     band = charts.seed_band(value + norm)
     assert len([t for t in band.data if t.showlegend is not False and t.name]) == 2  # one legend entry per strategy
+
+
+@pytest.mark.parametrize("c", [1.0, 3.0, 0.01])
+def test_clipped_norms_land_on_one_row_labelled_c(c):
+    # what global-norm clipping leaves: c * g / (g + 1e-6) (torch's epsilon), rounded to float32
+    pre = np.logspace(np.log10(c) + 0.01, np.log10(c) + 6, 50)
+    post = (np.float32(c) * (pre / (pre + 1e-6))).astype(np.float32).astype(float)
+    assert np.all(np.abs(post / c - 1) < 1e-4)
+    bins = norm_bins(c)
+    counts = bins.counts(post)
+    assert np.flatnonzero(counts).tolist() == [bins.at_c]  # every clipped norm on one row...
+    assert bins.labels[bins.at_c].startswith(f"‖g‖ = {c:g}")  # ...labelled '= c'
+    near = bins.counts([c * 0.97, c * 1.03])  # unclipped norms near c are not counted as clipped
+    assert near[bins.at_c] == 0 and near.sum() == 2
+    assert np.all(np.diff(bins.display) >= 0.12)  # every row drawn at least an eighth of a decade high
+    # on the fixed quarter-decade bins, c = 1 is a bin edge: values within 1 +- 3e-8 split over two rows
+    split = norm_bins().counts(1.0 + np.linspace(-3e-8, 3e-8, 7))
+    assert np.count_nonzero(split) == 2
+
+
+def test_norm_charts_put_the_clipped_steps_on_one_bar_with_the_threshold_in_range():
+    norms = (1.0 - 3e-8, 1.0, 1.0 + 3e-8, 0.5)  # three clipped steps, one unclipped
+    run = _run("norm", 1.0, norms=norms)
+    for rec in run.records:
+        rec.grad_norm_post = list(norms)
+    (hm,) = [t for t in charts.norm_distribution(run, post=True).data if isinstance(t, go.Heatmap)]
+    rows = [sum(n or 0 for n in row) for row in hm.z]
+    assert sorted(r for r in rows if r) == [3, 9]  # 3 epochs x (3 clipped on one row, 1 elsewhere)
+    assert "= 1" in charts.norm_distribution(run, post=True).layout.yaxis.ticktext
+    fig = charts.epoch_histogram([run], 1, post=True)
+    (step,) = [t for t in fig.data if t.line.shape == "hv"]
+    assert sorted(v for v in step.y[:-1] if v) == [1, 3]
+    assert [a.text for a in fig.layout.annotations if a.text.startswith("=")] == ["= 1"]
+    # pre-clip norms far above the threshold: the threshold line stays on the chart
+    big = _run("norm", 1.0, norms=(50.0, 80.0, 120.0))
+    fig = charts.epoch_histogram([big, _run("none", norms=(50.0, 80.0))], 1)
+    (line,) = [s for s in fig.layout.shapes if s.type == "line"]
+    lo, hi = fig.layout.xaxis.range  # log10 units
+    assert line.x0 == 1.0 and lo <= 0.0 <= hi and hi >= math.log10(120.0)

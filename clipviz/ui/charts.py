@@ -23,16 +23,13 @@ from plotly.subplots import make_subplots
 
 from .. import strategies
 from ..config import ClipSpec, RunSpec
-from ..records import NORM_EDGES, VALUE_EDGES, RunResult, norm_histogram
+from ..records import VALUE_EDGES, RunResult
 
 STRATEGY_COLORS = {n: strategies.colour(n) for n in strategies.NAMES}  # the registry's hues (Okabe-Ito)
 NONFINITE_COLOR = "#d55e00"
 _OTHER = strategies.OTHER_COLOUR  # a label whose strategy we cannot tell
 _FONT = 16
 _SMALL = 12  # tick labels of small multiples, ~150 px wide panels at half a projector's width
-# log10 edges of the 50 finite norm rows: [below 1e-4, the 48 NORM_EDGES bins, above 1e8], a quarter decade each
-_NORM_LOG = np.linspace(np.log10(NORM_EDGES[0]) - 0.25, np.log10(NORM_EDGES[-1]) + 0.25, len(NORM_EDGES) + 2)
-_NF = len(NORM_EDGES) + 1  # index of the non-finite row
 SETTING_COLUMNS = ["strategy", "threshold", "optimizer", "lr", "momentum", "batch", "epochs", "seed", "dataset"]
 SETTING_COLUMNS += ["n_samples", "noise", "scale_x", "scale_y", "model", "width", "depth", "activation", "init"]
 SETTING_COLUMNS += ["init_scale"]
@@ -317,133 +314,6 @@ def loss_curves(
     title = "Loss: train solid, val dashed" if set(which) == {"train", "val"} else f"Loss: {', '.join(which)}"
     title += f", smoothed {smoothing:g}" if smoothing else ""
     return _style(fig, title, height, f"loss:{log_y}:{x}")
-
-
-# ---- (b) gradient-norm distribution over epochs -------------------------------------------------------
-def _norm_rows(values: Sequence[float]) -> np.ndarray:
-    """[51] counts: below 1e-4, the 48 NORM_EDGES bins, above 1e8, non-finite."""
-    h = norm_histogram(values)
-    return np.array([h["below"], *h["counts"], h["above"], h["nonfinite"]], dtype=float)
-
-
-def _row_label(i: int) -> str:
-    if i == 0:
-        return f"‖g‖ < {NORM_EDGES[0]:.3g}"
-    if i == len(NORM_EDGES):
-        return f"‖g‖ > {NORM_EDGES[-1]:.3g}"
-    return f"‖g‖ in [{NORM_EDGES[i - 1]:.3g}, {NORM_EDGES[i]:.3g})"
-
-
-def _row_span(grids: Sequence[np.ndarray], also: Sequence[float] = ()) -> tuple[int, int]:
-    """First and last finite row with counts over all runs (or holding a value in also), one row of margin."""
-    used = np.flatnonzero(sum((g[:_NF].sum(axis=1) for g in grids if g.size), np.zeros(_NF)))
-    used = np.sort(np.concatenate([used, np.searchsorted(_NORM_LOG, np.log10(also)) - 1])).clip(0, _NF - 1)
-    return (max(0, used[0] - 1), min(_NF - 1, used[-1] + 1)) if used.size else (13, 21)
-
-
-def _norm_figure(results: Sequence[RunResult], post: bool, thresholds, height: int, title: str) -> go.Figure:
-    grids = [np.array([_norm_rows(r.grad_norm_post if post else r.grad_norm_pre) for r in res.records]).T
-             for res in results]  # fmt: skip  # each [51, epochs]
-    norm_clip = [res.spec.clip.strategy in ("norm", "tensor-norm") for res in results]
-    thresholds = [
-        res.spec.clip.threshold if t is None and nc else t
-        for res, t, nc in zip(results, thresholds, norm_clip, strict=True)
-    ]
-    thresholds = [t if t is not None and math.isfinite(t) and t > 0 else None for t in thresholds]
-    lo, hi = _row_span(grids, [t for t in thresholds if t])
-    ys = list((_NORM_LOG[lo : hi + 1] + _NORM_LOG[lo + 1 : hi + 2]) / 2)
-    ys += [ys[-1] + 0.25, ys[-1] + 0.5]  # an empty row, then the non-finite row
-    labels = [_row_label(i) for i in range(lo, hi + 1)] + ["", "non-finite ‖g‖"]
-    zmax = max((g.max() for g in grids if g.size), default=1.0)
-    # a run that diverged early gets a narrow panel, not a whole one for a one-epoch sliver
-    done = [max((r.epoch for r in res.records), default=0) for res in results]
-    widths = [max(0.35, n / max(max(done), 1)) for n in done]
-    fig, _, cols = _subplots(results, len(results), shared_yaxes=True, shared_xaxes=False, horizontal_spacing=0.025,
-                             column_widths=widths)  # fmt: skip
-    for j, (res, g, thr) in enumerate(zip(results, grids, thresholds, strict=True), start=1):
-        if not g.size:
-            _note(fig, j, "no epochs yet", row=1, col=j)
-            continue
-        epochs = [r.epoch for r in res.records]
-        fig.update_xaxes(range=[0.5, max(epochs) + 0.5], row=1, col=j)  # equal epochs per pixel in every panel
-        z = np.vstack([g[lo : hi + 1], np.zeros((1, g.shape[1])), g[_NF:]])
-        text = [[f"epoch {e}<br>{lab}<br>{int(n)} steps" for e, n in zip(epochs, row, strict=True)]
-                for lab, row in zip(labels, z, strict=True)]  # fmt: skip
-        zz = [[n if n > 0 else None for n in row] for row in z.tolist()]  # empty cells stay blank
-        hm = go.Heatmap(x=epochs, y=ys, z=zz, text=text, hoverongaps=False, coloraxis="coloraxis", name=res.label,
-                        hovertemplate="%{text}<extra></extra>")  # fmt: skip
-        fig.add_trace(hm, row=1, col=j)
-        nf = [(e, int(n)) for e, n in zip(epochs, g[_NF], strict=True) if n > 0]
-        if nf:
-            hover = [f"{res.label}<br>epoch {e}: {n} non-finite ‖g‖ {_diverged_text(res)}" for e, n in nf]
-            mark = _marks([e for e, _ in nf], [ys[-1]] * len(nf), hover, [str(n) for _, n in nf], group=res.label)
-            fig.add_trace(mark, row=1, col=j)
-        if thr:
-            per = " per tensor" if res.spec.clip.strategy == "tensor-norm" else ""
-            # post-clip norms sit exactly on the threshold: a thin, half-transparent line does not hide them
-            line = dict(color="black", dash="dot" if post else "dash", width=1.5 if post else 3)
-            fig.add_hline(y=math.log10(thr), line=line, opacity=0.6 if post else 1.0, row=1, col=j,
-                          annotation_text=f"clip at {thr:g}{per}")  # fmt: skip
-    ticks = [k for k in range(-4, 9) if ys[0] <= k <= ys[-1]]
-    fig.update_yaxes(tickvals=ticks + [ys[-1]], ticktext=[f"1e{k}" if k else "1" for k in ticks] + ["non-finite"])
-    fig.update_yaxes(range=[ys[0] - 0.125, ys[-1] + 0.125])
-    fig.update_yaxes(title=f"{'post' if post else 'pre'}-clip ‖g‖ (log)", row=1, col=1)
-    fig.update_xaxes(_epoch_axis(results, max(3, 8 // cols), fixed=False) | {"title": None})  # cells set the range
-    _x_title(fig, "epoch", 1, cols)
-    colorbar = dict(title="steps", thickness=14, tickfont=dict(size=_SMALL))
-    fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=0, cmax=zmax, colorbar=colorbar))
-    return _style(fig, title, height, f"norms:{post}")
-
-
-def norm_distribution(
-    result: RunResult, post: bool = False, threshold: float | None = None, height: int = 480
-) -> go.Figure:
-    """One run's gradient norm per step, as a heatmap of epoch x log10 ‖g‖ (TensorBoard's distributions)."""
-    when = "post" if post else "pre"
-    return _norm_figure([result], post, [threshold], height, f"Gradient norms, {when}-clip: {result.label}")
-
-
-def norm_distribution_grid(results: Sequence[RunResult], post: bool = False, height: int = 480) -> go.Figure:
-    """norm_distribution for every run, one column each, on the same axes."""
-    if not results:
-        return empty_figure("no runs yet", height)
-    title = f"Gradient norms per step, {'post' if post else 'pre'}-clip"
-    return _norm_figure(results, post, [None] * len(results), height, title)
-
-
-# ---- (c) one epoch's norm histogram, runs overlaid ----------------------------------------------------
-def epoch_histogram(results: Sequence[RunResult], epoch: int, post: bool = False, height: int = 480) -> go.Figure:
-    """One epoch's gradient-norm histogram, every run overlaid as a step line on the same log bins."""
-    if not results:
-        return empty_figure("no runs yet", height)
-    found = [next((r for r in res.records if r.epoch == epoch), None) for res in results]
-    rows = [_norm_rows(r.grad_norm_post if post else r.grad_norm_pre) if r else np.zeros(_NF + 1) for r in found]
-    lo, hi = _row_span([r[:, None] for r in rows])
-    xs = 10 ** _NORM_LOG[lo : hi + 2]
-    labels = [_row_label(i) for i in range(lo, hi + 1)]
-    fig = go.Figure()
-    for res, c, rec, cnt in zip(results, run_colors(results), found, rows, strict=True):
-        if rec is None:  # a short legend entry that says why this run is missing; the note above has the detail
-            why = f"diverged ep {res.diverged[0]}" if res.diverged else f"no epoch {epoch}"
-            fig.add_trace(_line([None], [math.nan], f"{res.label} ({why})", c, "", mode="lines"))
-            continue
-        hover = f"{res.label}<br>%{{customdata}}: %{{y}} steps"
-        y = [*cnt[lo : hi + 1], cnt[hi]]
-        fig.add_trace(_line(xs, y, res.label, c, hover, mode="lines", shape="hv", customdata=labels + labels[-1:]))
-        if cnt[_NF] > 0:
-            n = int(cnt[_NF])
-            hover = f"{res.label}<br>epoch {epoch}: {n} non-finite ‖g‖ {_diverged_text(res)}"
-            x_bad = 10 ** (_NORM_LOG[hi + 1] + 0.5)
-            fig.add_trace(_marks([x_bad], [n], [hover], [f"{n} non-finite"], group=res.label, pos="middle left"))
-    missing = [res for res, rec in zip(results, found, strict=True) if rec is None]
-    if missing:
-        why = "<br>".join(f"{r.label}: {_diverged_text(r) or 'not trained that far'}" for r in missing)
-        fig.add_annotation(text=f"no record for epoch {epoch}: {', '.join(r.label for r in missing)}", x=0, y=1.02,
-                           xref="paper", yref="paper", xanchor="left", yanchor="bottom", showarrow=False,
-                           hovertext=why)  # fmt: skip
-    fig.update_xaxes(type="log", title=f"{'post' if post else 'pre'}-clip global ‖g‖ (log bins)", exponentformat="e")
-    fig.update_yaxes(title="steps", rangemode="tozero")
-    return _style(fig, f"Gradient norms in epoch {epoch}", height, f"epoch_hist:{post}")
 
 
 # ---- (d) per-layer norms ----------------------------------------------------------------------------
@@ -772,3 +642,16 @@ def for_projector(fig: go.Figure, size: int = PROJECTOR_FONT) -> go.Figure:
         out.layout.coloraxis.colorbar.tickfont = dict(size=size)
         out.layout.coloraxis.colorbar.title.font = dict(size=size)
     return out
+
+
+_NORM_CHARTS = ("epoch_histogram", "norm_distribution", "norm_distribution_grid")
+
+
+def __getattr__(name: str) -> Any:
+    """charts.norm_distribution etc.: the gradient-norm charts live in norm_charts, which imports the helpers above
+    (looked up on first use, so either module can be imported first)."""
+    if name in _NORM_CHARTS:
+        from . import norm_charts
+
+        return getattr(norm_charts, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
