@@ -82,6 +82,7 @@ class Engine:
         hold: Callable[[], bool] | None = None,
         keep_records: bool = True,  # the caller keeps every record (priced by the cost model); sweeps do not
         compile: bool = False,
+        detail: bool = True,  # post-clip and per-layer norms per step: the dashboard draws them, a sweep keeps neither
     ):
         self.runs = list(runs)
         caps = caps or Caps.from_env()
@@ -90,6 +91,7 @@ class Engine:
         self.device = resolve_device(device)
         reuse_freed_memory()
         self.record = record
+        self.detail = record and detail  # measured only when recorded
         self.histograms = record and histograms  # value histograms: a binning pass over every step's gradients
         # stop is checked between steps: a stopped epoch is dropped whole (no record pretends a part
         # of an epoch was the epoch); records yielded before it stand
@@ -136,7 +138,8 @@ class Engine:
         self.grad = torch.zeros_like(self.flat)
         self.opt = make_optimizer([r.optim for r in self.inner], self.flat)
         thr = torch.tensor([r.clip.threshold or 0.0 for r in self.inner], dtype=torch.float32, device=dev)
-        self.clipper = clipping.Clipper([r.clip.strategy for r in self.inner], thr, self.layout)
+        clips = [r.clip.strategy for r in self.inner]
+        self.clipper = clipping.Clipper(clips, thr, self.layout, detail=self.detail)
         if self.model.kind == "mlp":  # hand-written backward; the inputs carry a ones column for the bias
             self.net = GroupedMLP(self.model.activation, self.layout, self.flat, self.grad, self.n_groups)
             self.x = torch.cat([self.x, torch.ones_like(self.x[:, :1])], 1)
@@ -255,10 +258,11 @@ class Engine:
         # thousands of small live allocations between the big per-step temporaries fragment the CPU heap
         # (measured: peak RSS +800 MB instead of +70 MB over 500 steps of a 206k-parameter model)
         s_n = self.steps_per_epoch
-        # one float64 table [S, K, columns]: loss, finite, then (recording) pre, post, clipped, frac, layer norms;
+        # one float64 table [S, K, columns]: loss, finite, then (recording) pre, clipped, frac, and (detail) post,
+        # layer norms;
         # a step's row is ONE cat into it, where a buffer per metric costs a select and a copy each (measured:
         # recording overhead 1.23x -> see README), and float64 keeps norms past float32's range
-        n_cols = 2 + (4 + len(self.names) if rec else 0)
+        n_cols = 2 + (3 if rec else 0) + (1 + len(self.names) if self.detail else 0)
         table = torch.empty(s_n, k, n_cols, dtype=torch.float64, device=dev)
         counts = torch.zeros(2, k, _N_VALUE_BINS, dtype=torch.long, device=dev) if hist else None
         alive0, n_buf = self.alive.clone(), 0
@@ -274,8 +278,9 @@ class Engine:
             stats = clipping.ClipStats(*stats)
             cols = [loss.unsqueeze(1), ok.unsqueeze(1)]
             if rec:
-                cols += [stats.pre_norm.unsqueeze(1), stats.post_norm.unsqueeze(1), stats.clipped.unsqueeze(1)]
-                cols += [stats.frac_elements.unsqueeze(1), stats.tensor_norms]
+                cols += [stats.pre_norm.unsqueeze(1), stats.clipped.unsqueeze(1), stats.frac_elements.unsqueeze(1)]
+            if self.detail:
+                cols += [stats.post_norm.unsqueeze(1), stats.tensor_norms]
             torch.cat(cols, 1, out=table[s])
             if hist:
                 n_buf += 1
@@ -296,8 +301,9 @@ class Engine:
             parts += [counts[0], counts[1]]
         t, val_h, div_h, *hists = read_back(parts)
         host = [t[:, :, 0], val_h, div_h]  # loss, val, divergence step, then pre, post, layer norms, clipped, frac
-        if rec:
-            host += [t[:, :, 2], t[:, :, 3], t[:, :, 6:], t[:, :, 4], t[:, :, 5], *hists]
+        if rec:  # without detail, post and layer norms are None
+            post, layer = (t[:, :, 5], t[:, :, 6:]) if self.detail else (None, None)
+            host += [t[:, :, 2], post, layer, t[:, :, 3], t[:, :, 4], *hists]
         self.epoch += 1
         return self._records(host)
 
@@ -319,8 +325,10 @@ class Engine:
         mean_loss = loss.mean(0).tolist()
         if rec:
             pre, post, tn, clipped, frac = host[3:8]
-            pre_l, post_l = pre.T.tolist(), post.T.tolist()
-            layer_l, rate_l, frac_l = tn.mean(0).tolist(), clipped.mean(0).tolist(), frac.mean(0).tolist()
+            pre_l, rate_l, frac_l = pre.T.tolist(), clipped.mean(0).tolist(), frac.mean(0).tolist()
+            n_runs = len(self.perm)  # without detail: no post-clip norms, no layer norms
+            post_l = post.T.tolist() if post is not None else [[] for _ in range(n_runs)]
+            layer_l = tn.mean(0).tolist() if tn is not None else [None] * n_runs
             if hist:
                 h_pre, h_post = host[8].astype(np.int64).tolist(), host[9].astype(np.int64).tolist()
         now = time.perf_counter() - self.t0
@@ -341,15 +349,17 @@ class Engine:
                 kw = dict(
                     grad_norm_pre=pre_l[i],
                     grad_norm_post=post_l[i],
-                    layer_norms=dict(zip(self.names, layer_l[i], strict=True)),
+                    layer_norms=dict(zip(self.names, layer_l[i], strict=True)) if tn is not None else {},
                     clip_rate=rate_l[i],
                     elem_clip_frac=frac_l[i],
                 )
             elif rec:
                 kw = dict(
                     grad_norm_pre=pre[:n, i].tolist(),
-                    grad_norm_post=post[:n, i].tolist(),
-                    layer_norms=dict(zip(self.names, tn[:n, i].mean(0).tolist(), strict=True)),
+                    grad_norm_post=post[:n, i].tolist() if post is not None else [],
+                    layer_norms=dict(zip(self.names, tn[:n, i].mean(0).tolist(), strict=True))
+                    if tn is not None
+                    else {},
                     clip_rate=float(clipped[:n, i].mean()),
                     elem_clip_frac=float(frac[:n, i].mean()),
                 )

@@ -336,7 +336,14 @@ def train_chunk(
     from .engine import Engine
 
     engine = Engine(
-        list(runs), device=device, record=record, histograms=False, dataset=dataset, stop=stop, keep_records=False
+        list(runs),
+        device=device,
+        record=record,
+        histograms=False,
+        detail=False,  # a summary keeps the pre-clip norms and clip flags, not post-clip or per-layer norms
+        dataset=dataset,
+        stop=stop,
+        keep_records=False,
     )
     summary = ChunkSummary(runs, record)
     last_epoch = 0

@@ -178,11 +178,16 @@ def test_recording_off_gives_same_losses():
     runs = with_clips(_epochs(TUTORIAL, 2), TUTORIAL_CLIPS)
     on, off = train(runs, device="cpu"), train(runs, device="cpu", record=False)
     light = train(runs, device="cpu", histograms=False)
-    for a, b, c in zip(on, off, light, strict=True):
+    lean = train(runs, device="cpu", histograms=False, detail=False)  # what a sweep asks for
+    for a, b, c, d in zip(on, off, light, lean, strict=True):
         assert [e.val_loss for e in a.records] == [e.val_loss for e in b.records] == [e.val_loss for e in c.records]
-        assert a.diverged == b.diverged == c.diverged
-        for ea, ec in zip(a.records, c.records, strict=True):  # NaN == NaN here
+        assert [e.val_loss for e in a.records] == [e.val_loss for e in d.records]
+        assert a.diverged == b.diverged == c.diverged == d.diverged
+        for ea, ec, ed in zip(a.records, c.records, d.records, strict=True):  # NaN == NaN here
             np.testing.assert_array_equal(ea.grad_norm_pre, ec.grad_norm_pre)
+            np.testing.assert_array_equal(ea.grad_norm_pre, ed.grad_norm_pre)
+            assert (ea.clip_rate, ea.elem_clip_frac) == (ed.clip_rate, ed.elem_clip_frac)
+            assert ea.grad_norm_post and ea.layer_norms and not ed.grad_norm_post and not ed.layer_norms
         assert a.records[0].value_hist_pre and not c.records[0].value_hist_pre
 
 
