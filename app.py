@@ -20,6 +20,8 @@ from clipviz.text import md_escape  # noqa: E402
 from clipviz.ui import charts, controls, export, lesson, state  # noqa: E402
 from clipviz.ui.cliff_view import render_cliff  # noqa: E402
 from clipviz.ui.history_view import render_history  # noqa: E402
+from clipviz.ui.live_status import CSS as LIVE_CSS  # noqa: E402
+from clipviz.ui.live_status import live_status_html  # noqa: E402
 from clipviz.ui.sweep_view import render_sweep  # noqa: E402
 
 st.set_page_config(page_title="clipviz: gradient clipping side by side", page_icon="✂️", layout="wide")
@@ -41,7 +43,7 @@ state.ingest_finished()
 # static CSS only (never user data): a tighter top margin so charts fit a 1280x720 projector
 _CSS = (
     "[data-testid='stMainBlockContainer'] {padding-top: 3.5rem; padding-bottom: 1rem;}"
-    ".st-key-run_status th, .st-key-run_status td {padding: 0.05rem 0.6rem;}"  # the seeds table: compact rows
+    + LIVE_CSS  # the progress + status element (clipviz.ui.live_status)
 )
 # classroom: text a class can read (1.25rem body, >= 16 px everywhere) yet the loss chart and a gradient chart
 # above the fold at 1280x720: no page header (the sidebar keeps its own collapse button), tight gaps,
@@ -57,8 +59,8 @@ _BIG = (
     "[data-testid='stMain'] [data-testid='stTab'] p, [data-testid='stMain'] [data-testid='stCaptionContainer'] "
     "{font-size: 1rem !important;}"
     "[data-testid='stMain'] [data-testid='stButton'] button {padding-left: 0.45rem; padding-right: 0.45rem;}"
-    ".st-key-job_progress p, .st-key-cliff_progress p {font-size: 1.05rem !important;}"
-    ".st-key-run_status p, .st-key-run_status table {font-size: 1.1rem !important; line-height: 1.35;}"
+    ".cv-progress p, .st-key-cliff_progress p {font-size: 1.05rem !important;}"
+    ".cv-status p, .cv-status table, .cv-empty p {font-size: 1.1rem !important; line-height: 1.35;}"
 )
 bar = st.columns([1, 0.95, 1.1, 0.95, 1.3, 1.15, 1.5], vertical_alignment="bottom")
 classroom = bar[6].toggle("Classroom", key="classroom", bind="query-params", help="big fonts, fewer controls")
@@ -160,28 +162,6 @@ def shown_runs(job_snap) -> list:
     return stored
 
 
-def status_lines(results) -> None:
-    groups = charts.seed_groups(results)
-    if any(len(g) > 1 for g in groups.values()):  # several seeds: one compact row per strategy, not one per run
-        table = charts.seed_table(results)
-        rows = ["| strategy | seeds | median final val | IQR | diverged |", "|---|---|---|---|---|"]
-        med = [f"{v:.4g}" if v == v else "–" for v in table.iloc[:, 2]]  # nan: every seed diverged
-        rows += [f"| `{r[0]}` | {r[1]} | {m} | {r[3]} | {r[4]} |" for r, m in zip(table.itertuples(index=False), med)]
-        with st.container(key="run_status"):
-            st.markdown("\n".join(rows))
-        return
-    lines = []
-    for r in results:
-        last = r.final
-        if r.diverged:
-            text = f"**diverged at epoch {r.diverged[0]}, step {r.diverged[1]}**"
-        else:
-            text = f"train loss {last.train_loss:.4g}, validation loss {last.val_loss:.4g} after epoch {last.epoch}"
-        lines.append(f"`{r.label}`: {text}")
-    with st.container(key="run_status"):
-        st.markdown("  \n".join(lines))
-
-
 VIEWS = ("Norms", "One epoch", "Layers", "Clip rate", "Values")  # several seeds: the loss chart shows their band
 
 
@@ -225,30 +205,16 @@ def gradient_chart(results, view: str, post: bool) -> None:
 def live_view() -> None:
     """Progress, one status line per run and the charts; reruns itself while this session's job trains."""
     snap = state.current_snapshot()
-    prog, stat = st.columns([1, 2])
-    with prog.container(key="job_progress"):
-        if snap is None:
-            st.markdown("Press **Train** to train the selected strategies side by side.")
-        elif snap.state == "queued":
-            st.progress(0.0, text=f"job {state.job_number(snap.job_id)} · queued, position {snap.queue_position}: "
-                        "other jobs are training")  # fmt: skip
-        else:
-            why = ": every run diverged" if snap.state == "done" and snap.epoch < snap.epochs else ""
-            text = f"job {state.job_number(snap.job_id)} · epoch {snap.epoch}/{snap.epochs} · {snap.state}{why}"
-            st.progress(min(1.0, snap.progress), text=text)
-    results = state.display_results(shown_runs(snap))  # the same snapshot as the progress line above
-    with stat:
-        if results:
-            status_lines(results)
-        else:
-            st.info("No runs to show yet. Train, or pick runs in the History tab.")
+    results = state.display_results(shown_runs(snap))
+    with st.container(key="live_status"):  # ONE element: a cut-short rerun cannot leave new progress over old status
+        st.html(live_status_html(snap, state.job_number(snap.job_id) if snap else None, results))
     seeded = any(len(g) > 1 for g in charts.seed_groups(results).values())
-    band = seeded and prog.toggle("Median + IQR over seeds", value=True, key="seed_band", help="off: every seed")
     left, right = st.columns([1, 1.2])
     with left:
         c1, c2 = st.columns(2)
         log_y = c1.toggle("Log-scale loss", value=True, key="log_y")
         post = c2.toggle("After clipping", value=False, key="post_clip", help="gradients as the optimizer saw them")
+        band = seeded and st.session_state.get("seed_band", True)  # its toggle sits under the chart (the fold)
         if band:
             st.plotly_chart(
                 figure(charts.seed_band, results, "val_loss", log_y=log_y, height=chart_h), key="chart_loss"
@@ -260,10 +226,18 @@ def live_view() -> None:
             fig = figure(charts.loss_curves, results, log_y=log_y, height=chart_h, x=x, smoothing=smooth)
             st.plotly_chart(fig, key="chart_loss")
             st.caption(charts.CAPTIONS["loss"])
-            d1, d2 = st.columns(2)
+        band_toggle = functools.partial(st.toggle, "Median + IQR over seeds", value=True, key="seed_band",
+                                        help="off: every seed")  # fmt: skip
+        if band:
+            band_toggle()
+        else:
+            d1, d2, d3 = st.columns(3) if seeded else (*st.columns(2), None)
             d1.segmented_control("x axis", ["epoch", "step"], default="epoch", key="loss_x")
             d2.select_slider("Smoothing", [0.0, 0.5, 0.8, 0.9, 0.95], value=0.0, key="smoothing",
                              help="exponential moving average, as in TensorBoard; the hover keeps the raw values")  # fmt: skip
+            if seeded:
+                with d3:
+                    band_toggle()
     with right:
         view = st.segmented_control("Gradients", VIEWS, default=VIEWS[0], key="view", label_visibility="collapsed")
         gradient_chart(results, view or VIEWS[0], post)

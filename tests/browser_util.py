@@ -40,8 +40,8 @@ NO_THROTTLE_ARGS = [
 
 # ---- selectors (see app.py) ---------------------------------------------------------------------
 TRAIN = ".st-key-train button:visible"  # the Train button (streamlit also keeps a hidden copy of it)
-PROGRESS = ".st-key-job_progress"  # 'epoch k/N · state'
-STATUS = ".st-key-run_status"  # one line per run: 'none: diverged at epoch 1, step 8'
+PROGRESS = ".st-key-live_status .cv-progress"  # 'epoch k/N · state'
+STATUS = ".st-key-live_status .cv-status"  # one line per run: 'none: diverged at epoch 1, step 8'
 SPEED = ".st-key-speed"  # the 'Epochs per second' select slider
 EXCEPTION = '[data-testid="stException"]'  # streamlit's traceback box
 ERROR = '[data-testid="stAlert"]'  # st.error / st.warning boxes

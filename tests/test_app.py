@@ -171,9 +171,9 @@ def test_train_streams_records_into_the_history():
     assert list(runs) == ["none", "value:5", "norm:1"]
     assert runs["none"].diverged is not None and runs["none"].diverged[0] == 1
     assert len(runs["norm:1"].records) == 3
-    status = " ".join(m.value for m in at.markdown)
-    assert "`none`: **diverged at epoch 1, step" in status
-    assert "after epoch 3" in status
+    status = " ".join(h.value for h in at.html)  # progress and status lines: one element (ui.live_status)
+    assert "<code>none</code>: <b>diverged at epoch 1, step" in status
+    assert "after epoch 3" in status and "epoch 3/3 · done" in status
     assert at.session_state["shown_ids"] == store.ids()  # the finished job is on the charts
 
 

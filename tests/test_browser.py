@@ -171,7 +171,7 @@ def _shot(page, tmp_path, name: str, record_property) -> None:
 
 def _seeds_done(page, timeout_ms: float) -> None:
     page.wait_for_function(
-        "([p]) => document.querySelector('.st-key-run_status table') && /epoch 100\\/100 · done/"
+        "([p]) => document.querySelector('.cv-status table') && /epoch 100\\/100 · done/"
         ".test(document.querySelector(p)?.textContent || '')",
         arg=[bu.PROGRESS],
         timeout=timeout_ms,
@@ -216,7 +216,7 @@ def test_pictures_fit_the_screen_and_tell_the_story(server, browser, tmp_path, r
             page.locator(".st-key-repeat_seeds button:visible").click()
             _seeds_done(page, timeout_ms=90_000)
             bu.wait_chart_title(page, "chart_loss", "Spread over seeds")
-            rows = page.locator(".st-key-run_status table tbody tr").all_inner_texts()
+            rows = page.locator(".cv-status table tbody tr").all_inner_texts()
             assert len(rows) == 3 and "5/5" in rows[0] and "0/5" in rows[1] and "0/5" in rows[2], rows
             left, top, right, bottom = bu.box(page, "chart_loss")
             assert bottom <= h, ("5 seeds: the loss chart fell below the fold", bottom, h)

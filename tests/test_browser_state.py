@@ -169,11 +169,6 @@ def test_step_after_pause_offers_resume(browser, server):
         bu.wait_done(page, timeout_ms=30_000)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open (issue 9 item 9): the browser can show a new progress line above the previous run's status "
-    "lines (seen once in CI: 'epoch 31/60' over 'after epoch 25'); both must be drawn as one element",
-)
 def test_progress_and_status_lines_come_from_one_snapshot(browser, server):
     with _page(browser, server, "epochs=60&strategies=value&strategies=norm") as page:
         bu.set_speed(page, "20")
