@@ -310,7 +310,7 @@ class Engine:
     def _val_loss(self) -> Tensor:
         """Validation MSE per run [K] (inner order)."""
         if self.net is not None:
-            pred, _ = self.net.forward(self.xv)  # [K, 1, Nv]
+            pred, _ = self.net.forward(self.xv, keep=False)  # [K, 1, Nv]
             return (pred.view(self.k, -1) - self.yv).pow(2).mean(1)
         return (forward(self.model, self.params_inner, self.xv) - self.yv).pow(2).mean(1)
 

@@ -32,6 +32,16 @@ _ACT: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tensor, Tens
     "gelu": (torch.nn.functional.gelu, lambda g, z, a: aten.gelu_backward(g, z)),
     "linear": (lambda z: z, lambda g, z, a: g),
 }
+# in place where torch has it, for validation (nothing is kept for a backward pass): at K=250 the tutorial's
+# validation pre-activations are 12.5 MB, and a second buffer of that size cost ~40% of validation's time
+_ACT_INPLACE: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": torch.relu_,
+    "tanh": torch.tanh_,
+    "sigmoid": torch.sigmoid_,
+    "leaky_relu": torch.nn.functional.leaky_relu_,
+    "gelu": torch.nn.functional.gelu,  # no in-place gelu in torch
+    "linear": lambda z: z,
+}
 
 
 class GroupedMLP:
@@ -43,6 +53,7 @@ class GroupedMLP:
 
     def __init__(self, activation: str, layout: Layout, flat: Tensor, grad: Tensor, groups: int):
         self.act, self.act_bwd = _ACT[activation]
+        self.act_inplace = _ACT_INPLACE[activation]
         k = flat.shape[0]
         self.g, self.d = groups, k // groups
         ws, gs = layout.split(flat), layout.split(grad)  # per-tensor [K, ...] views, fixed for the engine's life
@@ -60,11 +71,13 @@ class GroupedMLP:
         self.hidden = [(ws[2 * i], ws[2 * i + 1].unsqueeze(-1)) for i in range(1, self.depth + 1)]  # [K,H,H], [K,H,1]
         self.wo, self.bo = ws[-2], ws[-1].unsqueeze(-1)  # [K, 1, H], [K, 1, 1]
 
-    def forward(self, x: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+    def forward(self, x: Tensor, keep: bool = True) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
         """Predictions [K, 1, B] and each hidden layer's (pre-activation, activation), [K, H, B] each.
 
-        x: [G, B, in+1] rows per group, or [B, in+1] rows shared by all runs.
+        x: [G, B, in+1] rows per group, or [B, in+1] rows shared by all runs. keep=False (validation): the
+        activations are applied in place and nothing is kept (the list comes back empty).
         """
+        act = self.act if keep else self.act_inplace
         g, k = self.g, self.g * self.d
         # one copy into GEMM layout: flat holds each run's weights in a row of P, not as a [d*H, in] block
         self.w1[..., : self.n_in].copy_(self.ws[0])
@@ -73,11 +86,15 @@ class GroupedMLP:
             z = torch.mm(self.w1.view(-1, self.n_in + 1), x.t()).view(k, self.h, -1)  # [K, H, B]
         else:
             z = torch.bmm(self.w1.view(g, -1, self.n_in + 1), x.transpose(1, 2)).view(k, self.h, -1)
-        saved = [(z, self.act(z))]
+        saved, a = [], act(z)
         for w, b in self.hidden:
-            z = torch.baddbmm(b, w, saved[-1][1])
-            saved.append((z, self.act(z)))
-        return torch.baddbmm(self.bo, self.wo, saved[-1][1]), saved
+            if keep:
+                saved.append((z, a))
+            z = torch.baddbmm(b, w, a)
+            a = act(z)
+        if keep:
+            saved.append((z, a))
+        return torch.baddbmm(self.bo, self.wo, a), saved
 
     def loss_and_grad(self, x: Tensor, y: Tensor) -> Tensor:
         """Per-run MSE [K] on this batch; gradients into `grad`."""

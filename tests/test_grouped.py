@@ -55,6 +55,11 @@ def test_manual_grads_equal_autograd(activation, depth):
     torch.testing.assert_close(loss, want_loss, rtol=1e-6, atol=0)
     assert torch.isfinite(grad).all()
     _assert_close_per_tensor(lay, grad, want)
+    # validation's path (activations in place, nothing kept) predicts what the training forward does
+    xv = torch.cat([x[0], torch.ones(x.shape[1], 1)], 1)  # [B, in+1] rows shared by every run
+    kept, saved = net.forward(xv)
+    lean, none = net.forward(xv, keep=False)
+    assert torch.equal(lean, kept) and len(saved) == depth and none == []
 
 
 @pytest.mark.parametrize("init", INITS)

@@ -55,6 +55,15 @@ def test_sweep_point_equals_the_same_run_trained_alone():
         np.testing.assert_allclose(by_point[point].val_curve, alone.val_loss, rtol=1e-5)
 
 
+def test_clipping_strategies_share_a_chunk_that_fits_them_and_none_trains_apart():
+    sweep = make_sweep(_base(1), ["value", "norm"], LogRange(0.1, 10, 3), seeds=2)
+    chunks = plan_chunks(sweep, chunk_size=12)
+    assert [sorted({p.strategy for p in c}) for c in chunks] == [["none"], ["norm", "value"]]
+    assert [len(c) for c in chunks] == [2, 12]
+    split = plan_chunks(sweep, chunk_size=11)  # too many for one chunk: one strategy per chunk, as before
+    assert [sorted({p.strategy for p in c}) for c in split] == [["none"], ["value"], ["norm"]]
+
+
 def test_batch_size_axis_splits_lockstep_jobs():
     sweep = make_sweep(_base(1), ["norm"], LogRange(1, 10, 2), seeds=1, batch_sizes=[16, 32, 16])
     assert sweep.axis_values == (16, 32)
@@ -315,19 +324,19 @@ def test_a_crashed_sweep_shows_its_error_keeps_finished_chunks_and_frees_the_slo
         def map(self, chunks, on_epoch=None):
             for i, res in super().map(chunks, on_epoch):
                 yield i, res
-                if i == 1:
-                    raise RuntimeError("out of memory (pretend)")  # after the second of three chunks
+                if i == 0:
+                    raise RuntimeError("out of memory (pretend)")  # after the first of two chunks (none; the clips)
 
     monkeypatch.setattr(executors, "ChunkExecutor", Exploding)
     at = _sweep_app(tmp_path)
     at.button(key="sw_run").click().run()
     snap = _finish(at)
-    assert snap.state == "failed" and len(snap.result.runs) == 2 + 8  # the baseline and one strategy
+    assert snap.state == "failed" and len(snap.result.runs) == 2  # the baseline's chunk
     errors = [
         re.sub(r"\\(.)", r"\1", e.value).replace("\u200b", "") for e in at.error
     ]  # as read: user text is markdown-escaped
     assert errors == [
-        "The sweep failed: RuntimeError: out of memory (pretend). The 10 runs of its finished chunks are shown below."
+        "The sweep failed: RuntimeError: out of memory (pretend). The 2 runs of its finished chunks are shown below."
     ]
     assert len(at.get("plotly_chart")) >= 2 and not at.button(key="sw_run").disabled
     assert tuple(one_slot.stats()) == (0, 0, 1)  # the slot is free for the next job
