@@ -208,6 +208,31 @@ def wait_idle(page, timeout_ms: float = 30_000) -> None:
     page.locator(IDLE).wait_for(state="attached", timeout=timeout_ms)
 
 
+# a flag set when the app script next starts a run: an action's rerun can begin after the page first looks
+# idle, so 'wait until idle' alone may see the page from before the action (observed in CI)
+_JS_ARM = """() => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    window.__cvRan = false;
+    if (window.__cvWatched !== app) {
+        window.__cvWatched = app;
+        // a short run can be over before the callback fires: look at each change's old value too
+        new MutationObserver((changes) => {
+            if (app.getAttribute('data-test-script-state') === 'running'
+                || changes.some((c) => c.oldValue === 'running')) window.__cvRan = true;
+        }).observe(app, {attributes: true, attributeOldValue: true, attributeFilter: ['data-test-script-state']});
+    }
+}"""
+
+
+def after_rerun(page, action, timeout_ms: float = 15_000) -> None:
+    """Do `action()`, then wait until the script run it starts has begun and finished (a polling fragment of a
+    training job also counts as a run: use it for actions on a quiet page)."""
+    page.evaluate(_JS_ARM)
+    action()
+    page.wait_for_function("() => window.__cvRan === true", timeout=timeout_ms)
+    wait_idle(page, timeout_ms)
+
+
 def set_speed(page, label: str, timeout_ms: float = 10_000) -> None:
     """Move the 'Epochs per second' select slider to `label` ('1' ... '50', 'max') with the keyboard."""
     thumb = page.locator(f'{SPEED} input[type="range"]').first  # visually hidden, keyboard-driven (react-aria)
@@ -266,12 +291,19 @@ def slider_to(page, key: str, steps_from_min: int, timeout_ms: float = 15_000) -
     """Put a slider at its minimum, then `steps_from_min` steps right (keyboard: Home, ArrowRight...).
     Each key may rerun the script; keys pressed during that rerun can be lost: check the result."""
     thumb = page.locator(f'.st-key-{key} input[type="range"]').first  # visually hidden, keyboard-driven
-    thumb.focus()
-    thumb.press("Home")
-    for _ in range(steps_from_min):
-        thumb.press("ArrowRight")
-    page.wait_for_timeout(300)  # the slider sends its value when the keys stop (a blur here lost it)
-    wait_idle(page, timeout_ms)
+    before = thumb.get_attribute("aria-valuenow")
+
+    def keys():
+        thumb.focus()
+        thumb.press("Home")
+        for _ in range(steps_from_min):
+            thumb.press("ArrowRight")
+
+    if before == thumb.evaluate(
+        "(el, n) => String(Number(el.getAttribute('aria-valuemin')) + n * Number(el.step || 1))", steps_from_min
+    ):
+        return  # already there: no value is sent, so no rerun to wait for
+    after_rerun(page, keys, timeout_ms)  # the slider sends its value when the keys stop (a blur here lost it)
 
 
 def click_button(page, key: str, timeout_ms: float = 15_000, idle: bool = True) -> None:
@@ -295,9 +327,8 @@ def history_click(page, row: int, column: str, timeout_ms: float = 15_000) -> No
     (clipviz.ui.history_view gives those columns a fixed width)."""
     box = page.locator(HISTORY_GRID).first.bounding_box()
     x = box["x"] + GRID_SMALL_PX * (0.5 if column == "show" else 1.5)
-    page.mouse.click(x, box["y"] + GRID_HEADER_PX + GRID_ROW_PX * (row + 0.5))
-    page.wait_for_timeout(300)  # the grid sends its edit on a short debounce; then the script reruns
-    wait_idle(page, timeout_ms)
+    # the grid sends its edit on a short debounce, then the script reruns: wait for that run, not a fixed time
+    after_rerun(page, lambda: page.mouse.click(x, box["y"] + GRID_HEADER_PX + GRID_ROW_PX * (row + 0.5)), timeout_ms)
 
 
 def stored_count(page) -> int:
