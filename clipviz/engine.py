@@ -258,12 +258,13 @@ class Engine:
         # thousands of small live allocations between the big per-step temporaries fragment the CPU heap
         # (measured: peak RSS +800 MB instead of +70 MB over 500 steps of a 206k-parameter model)
         s_n = self.steps_per_epoch
-        # one float64 table [S, K, columns]: loss, finite, then (recording) pre, clipped, frac, and (detail) post,
-        # layer norms;
-        # a step's row is ONE cat into it, where a buffer per metric costs a select and a copy each (measured:
-        # recording overhead 1.23x -> see README), and float64 keeps norms past float32's range
-        n_cols = 2 + (3 if rec else 0) + (1 + len(self.names) if self.detail else 0)
-        table = torch.empty(s_n, k, n_cols, dtype=torch.float64, device=dev)
+        # one float64 table [S, columns, K]: loss, finite, then (recording) pre, clipped, frac, and (detail) post,
+        # layer norms; a step's per-run numbers go in as ONE stack (and the layer norms as one copy), where a
+        # buffer per metric costs a select and a copy each (measured: recording overhead 1.23x -> see README);
+        # float64 keeps norms past float32's range
+        n_scalars = 2 + (3 if rec else 0) + (1 if self.detail else 0)
+        n_cols = n_scalars + (len(self.names) if self.detail else 0)
+        table = torch.empty(s_n, n_cols, k, dtype=torch.float64, device=dev)
         counts = torch.zeros(2, k, _N_VALUE_BINS, dtype=torch.long, device=dev) if hist else None
         alive0, n_buf = self.alive.clone(), 0
         last_hold = time.perf_counter()
@@ -276,12 +277,14 @@ class Engine:
             slots = (self.hist_buf[0, n_buf], self.hist_buf[1, n_buf]) if hist else (None, None)
             loss, ok, stats = self._step_fn(xb, ys[:, lo:hi], *slots)
             stats = clipping.ClipStats(*stats)
-            cols = [loss.unsqueeze(1), ok.unsqueeze(1)]
+            cols = [loss, ok]
             if rec:
-                cols += [stats.pre_norm.unsqueeze(1), stats.clipped.unsqueeze(1), stats.frac_elements.unsqueeze(1)]
+                cols += [stats.pre_norm, stats.clipped, stats.frac_elements]
+            row = table[s]  # [columns, K]
             if self.detail:
-                cols += [stats.post_norm.unsqueeze(1), stats.tensor_norms]
-            torch.cat(cols, 1, out=table[s])
+                cols.append(stats.post_norm)
+                row[n_scalars:].copy_(stats.tensor_norms.t())
+            torch.stack(cols, out=row[:n_scalars] if self.detail else row)
             if hist:
                 n_buf += 1
                 if n_buf == self.hist_buf.shape[1]:
@@ -290,7 +293,7 @@ class Engine:
         if hist and n_buf:
             self._bin_into(counts, n_buf)
         # the first non-finite step of each run that was alive when the epoch began
-        bad = table[:, :, 1] == 0  # [S, K]
+        bad = table[:, 1] == 0  # [S, K]
         died = alive0 & bad.any(0)
         self.div_step = torch.where(died, self.epoch * self.steps_per_epoch + bad.int().argmax(0), self.div_step)
         with torch.no_grad():
@@ -300,10 +303,10 @@ class Engine:
         if hist:
             parts += [counts[0], counts[1]]
         t, val_h, div_h, *hists = read_back(parts)
-        host = [t[:, :, 0], val_h, div_h]  # loss, val, divergence step, then pre, post, layer norms, clipped, frac
+        host = [t[:, 0], val_h, div_h]  # loss, val, divergence step, then pre, post, layer norms, clipped, frac
         if rec:  # without detail, post and layer norms are None
-            post, layer = (t[:, :, 5], t[:, :, 6:]) if self.detail else (None, None)
-            host += [t[:, :, 2], post, layer, t[:, :, 3], t[:, :, 4], *hists]
+            post, layer = (t[:, 5], t[:, 6:].transpose(0, 2, 1)) if self.detail else (None, None)  # [S, K], [S, K, L]
+            host += [t[:, 2], post, layer, t[:, 3], t[:, 4], *hists]
         self.epoch += 1
         return self._records(host)
 
