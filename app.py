@@ -183,7 +183,7 @@ def gradient_chart(results, view: str, post: bool) -> None:
     results = charts.pool_seeds(results)  # several seeds: one panel (or line) per strategy, its seeds pooled
     epoch = None
     if view == "Layers":
-        fig = figure(charts.layer_norms, results, height=chart_h)
+        fig = figure(charts.layer_norms, results, height=chart_h, post=post)
     elif view == "Clip rate":
         fig = figure(charts.clip_rate, results, height=chart_h)
     elif view == "Norms":

@@ -494,3 +494,20 @@ def test_norm_charts_put_the_clipped_steps_on_one_bar_with_the_threshold_in_rang
     (line,) = [s for s in fig.layout.shapes if s.type == "line"]
     lo, hi = fig.layout.xaxis.range  # log10 units
     assert line.x0 == 1.0 and lo <= 0.0 <= hi and hi >= math.log10(120.0)
+
+
+def test_layer_axis_fits_the_calm_runs_and_marks_a_diverged_runs_norms(tutorial):
+    blown = _diverged()
+    blown.records[0].layer_norms = {"hidden1.weight": 1e36, "hidden1.bias": NAN, "out.weight": INF}
+    fig = charts.layer_norms([blown, *tutorial[1:]])
+    lo, hi = fig.layout.yaxis.range  # log10; the calm runs' layer norms are 0.5 .. 3
+    assert -1 < lo < math.log10(0.5) and math.log10(3.0) < hi < 1.5
+    assert all(fig.layout[f"yaxis{k}"].matches == "y" for k in ("2", "3"))
+    text = _texts(fig)
+    assert "‖g[hidden1.weight]‖ = 1e+36, off scale (diverged at epoch 1, step 8)" in text  # shown, labelled
+    assert "‖g[hidden1.bias]‖ = nan" in text and "‖g[out.weight]‖ = inf" in text
+    assert "off scale" in " ".join(a.text for a in fig.layout.annotations)
+    assert "✕ ep 1" in fig.layout.annotations[0].text  # the diverged run's panel says so
+    assert "post not recorded" in charts.layer_norms(tutorial, post=True).layout.title.text
+    assert "post" not in charts.layer_norms(tutorial).layout.title.text
+    _strict_json(fig)

@@ -317,14 +317,25 @@ def loss_curves(
 
 
 # ---- (d) per-layer norms ----------------------------------------------------------------------------
-def layer_norms(results: Sequence[RunResult], height: int | None = None) -> go.Figure:
-    """Mean pre-clip gradient norm of each parameter tensor per epoch: one panel per run, colour by depth."""
+def layer_norms(results: Sequence[RunResult], height: int | None = None, post: bool = False) -> go.Figure:
+    """Mean pre-clip gradient norm of each parameter tensor per epoch: one panel per run, colour by depth.
+
+    The records hold per-layer norms before clipping only, so post=True says so in the title instead of silently
+    showing the same picture. The y range fits the runs that did not diverge: a diverged run's norms beyond it
+    (1e36 and the like) are triangles at the edge whose hover gives the value, and non-finite ones are x marks."""
     if _no_records(results):
         return empty_figure("no epochs yet", height or 400)
     names = list(dict.fromkeys(n for res in results for r in res.records for n in r.layer_norms))
     layers = list(dict.fromkeys(n.rsplit(".", 1)[0] for n in names))
     palette = sample_colorscale("Viridis", [0.85 * i / max(1, len(layers) - 1) for i in range(len(layers))])
-    top, bottom, _ = _edges([float(v) for res in results for r in res.records for v in r.layer_norms.values()], True)
+
+    def values(runs):
+        return [float(v) for res in runs for r in res.records for v in r.layer_norms.values()]
+
+    calm = [res for res in results if not res.diverged]
+    scale = [v for v in values(calm) if _ok(v, True)] or values(results)
+    top, bottom, pad = _edges(scale, True)
+    off_scale = False
     fig, n_rows, n_cols = _subplots(results, 3, shared_xaxes="all", shared_yaxes="all", horizontal_spacing=0.04)
     for k, res in enumerate(results):
         at = dict(row=k // n_cols + 1, col=k % n_cols + 1)
@@ -333,15 +344,29 @@ def layer_norms(results: Sequence[RunResult], height: int | None = None) -> go.F
             ys = [float(r.layer_norms.get(name, math.nan)) for r in res.records]
             color, dash = palette[layers.index(name.rsplit(".", 1)[0])], "dot" if name.endswith("bias") else "solid"
             hover = f"{res.label}<br>{name}<br>epoch %{{x}}: ‖g‖ = %{{y:.6g}}"
-            fig.add_trace(_line(xs, ys, name, color, hover, True, dash, showlegend=k == 0), **at)
+            shown = [v if bottom <= v <= top else math.nan for v in ys]  # NaN: a gap in the line
+            fig.add_trace(_line(xs, shown, name, color, hover, True, dash, showlegend=k == 0), **at)
             bad = _bad_points(xs, ys, True, top, bottom, res, f"‖g[{name}]‖", name)
             if bad:
                 fig.add_trace(bad, **at)
-    fig.update_yaxes(type="log", exponentformat="e", autorange=True)  # else a fixed x range freezes y at [0.1, 1e4]
+            out = [(x, v) for x, v in zip(xs, ys, strict=True) if _ok(v, True) and not bottom <= v <= top]
+            if out:  # finite but beyond the range of the calm runs: a triangle at the edge, the value on hover
+                off_scale = True
+                why = f" ({_diverged_text(res)})" if res.diverged else ""
+                hov = [f"{res.label}<br>epoch {x}: ‖g[{name}]‖ = {_fmt(v)}, off scale{why}" for x, v in out]
+                sym = ["triangle-up" if v > top else "triangle-down" for _, v in out]
+                fig.add_trace(_marks([x for x, _ in out], [top if v > top else bottom for _, v in out], hov,
+                                     symbol=sym, group=name), **at)  # fmt: skip
+    fig.update_yaxes(type="log", exponentformat="e", range=[math.log10(bottom / pad), math.log10(top * pad)])
     fig.update_yaxes(title="mean ‖g‖ per tensor", col=1)
     fig.update_xaxes(_epoch_axis(results, max(3, 8 // n_cols)) | {"title": None})
     _x_title(fig, "epoch", n_rows, n_cols)
-    return _style(fig, "Gradient norm per layer", height or max(420, 320 * n_rows), "layers")
+    title = "Layer norms, pre-clip (post not recorded)" if post else "Gradient norm per layer"
+    if off_scale:
+        fig.add_annotation(text="▲ off scale (a diverged run: hover for the value)", x=1, y=1, xref="paper",
+                           yref="paper", xanchor="right", yanchor="bottom", yshift=28, showarrow=False,
+                           font=dict(color=NONFINITE_COLOR, size=_SMALL))  # fmt: skip
+    return _style(fig, title, height or max(420, 320 * n_rows), f"layers:{post}")
 
 
 # ---- (e) clip rate ----------------------------------------------------------------------------------

@@ -165,14 +165,16 @@ def epoch_histogram(results: Sequence[RunResult], epoch: int, post: bool = False
                             customdata=labels + labels[-1:]))  # fmt: skip
         if b.at_c is not None and cnt[b.at_c] > 0:  # the clipped steps: one bar, labelled
             fig.add_annotation(x=math.log10(b.threshold), y=float(cnt[b.at_c]), text=f"= {b.threshold:g}",
-                               showarrow=False, yanchor="bottom", font=dict(color=c))  # fmt: skip
+                               showarrow=False, xanchor="left", yanchor="bottom", xshift=4, font=dict(color=c))  # fmt: skip
         if cnt[-1] > 0:
             n = int(cnt[-1])
             hover = f"{res.label}<br>epoch {epoch}: {n} non-finite ‖g‖ {_diverged_text(res)}"
             fig.add_trace(_marks([x_bad], [n], [hover], [f"{n} non-finite"], group=res.label, pos="middle left"))
     for c, res in lines.items():  # shapes take data values on a log axis (annotations and ranges take log10)
         per = " per tensor" if res.spec.clip.strategy == "tensor-norm" else ""
-        fig.add_vline(x=c, line=dict(color="black", dash="dash", width=2), annotation_text=f"clip at {c:g}{per}",
+        # post-clip steps sit exactly on the threshold: a thin, half-transparent line does not hide them
+        line = dict(color="black", dash="dot" if post else "dash", width=1.5 if post else 2)
+        fig.add_vline(x=c, line=line, opacity=0.6 if post else 1.0, annotation_text=f"clip at {c:g}{per}",
                       annotation_position="top right")  # fmt: skip
     missing = [res for res, rec in zip(results, found, strict=True) if rec is None]
     if missing:
