@@ -511,3 +511,25 @@ def test_layer_axis_fits_the_calm_runs_and_marks_a_diverged_runs_norms(tutorial)
     assert "post not recorded" in charts.layer_norms(tutorial, post=True).layout.title.text
     assert "post" not in charts.layer_norms(tutorial).layout.title.text
     _strict_json(fig)
+
+
+def test_loss_chart_labels_divergence_once_per_strategy_with_many_seeds():
+    def seeds(strategy, threshold, n_div):
+        runs = []
+        for seed in range(1, 6):
+            run = _run(strategy, threshold, seed=seed, label=f"{strategy} seed {seed}")
+            if seed <= n_div:  # diverged in epoch seed: inf from there on, no later records
+                run.records = run.records[:seed]
+                run.records[-1] = replace(run.records[-1], train_loss=INF, val_loss=NAN, diverged=(seed, 3))
+            runs.append(run)
+        return runs
+
+    results = seeds("none", None, 5) + seeds("value", 5.0, 2) + seeds("norm", 1.0, 0)
+    fig = charts.loss_curves(results)
+    labels = [s for t in fig.data if t.text for s in t.text if s]
+    assert labels == ["none: 5/5 diverged, epochs 1–5", "value:5: 2/5 diverged, epochs 1–2"]
+    marks = [t for t in fig.data if t.text and any(t.text)]
+    assert [len(t.x) for t in marks] == [5, 2]  # every diverged seed still has its x (and its own hover)
+    assert len({t.y[0] for t in marks}) == 2  # the two labels on different rows
+    hovers = [h for t in marks for h in t.hovertext]
+    assert hovers[0] == "none seed 1: diverged at epoch 1, step 3" and hovers[-1].startswith("value seed 2: diverged")

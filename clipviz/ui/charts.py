@@ -297,12 +297,27 @@ def loss_curves(
                                  line=dict(color="black", width=2, dash=dash), hoverinfo="skip"))  # fmt: skip
     last = max(xs[-1] for *_, xs, _ in series if xs)
     colors = dict(zip((id(r) for r in results), run_colors(results), strict=True))
-    for i, res in enumerate(r for r in results if r.diverged):
-        y = top * pad**i if log_y else top + pad * i  # stagger the labels of runs that diverge together
-        at = res.diverged[0] * scale(res)
-        pos = "middle right" if at <= (last + 1) / 2 else "middle left"
-        mark = _div_marker(res, y, res.label, f"{res.label} {_diverged_text(res)}", pos, colors[id(res)])
-        mark.x = [at]
+    # one label per strategy, not per run: 5 seeds x 3 strategies would stack 15 labels (the hover keeps each run)
+    by_clip: dict[str, list[RunResult]] = defaultdict(list)
+    for res in results:
+        by_clip[res.spec.clip.label].append(res)
+    for i, (clip, runs) in enumerate((k, v) for k, v in by_clip.items() if any(r.diverged for r in v)):
+        y = top * pad**i if log_y else top + pad * i  # stagger the labels of strategies that diverge together
+        div = sorted((r for r in runs if r.diverged), key=lambda r: r.diverged)
+        at = [r.diverged[0] * scale(r) for r in div]
+        if len(runs) == 1:
+            text = f"{div[0].label} {_diverged_text(div[0])}"
+        else:
+            first, final = div[0].diverged[0], div[-1].diverged[0]
+            when = f"epoch {first}" if first == final else f"epochs {first}–{final}"
+            text = f"{clip}: {len(div)}/{len(runs)} diverged, {when}"
+        pos = "middle right" if at[0] <= (last + 1) / 2 else "middle left"
+        mark = _div_marker(div[0], y, div[0].label, text, pos, colors[id(div[0])])
+        mark.x, mark.y = at, [y] * len(div)
+        mark.text = [text] + [""] * (len(div) - 1)
+        mark.hovertext = [f"{r.label}: {_diverged_text(r)}" for r in div]
+        if len(div) > 1:  # each seed's x in its own shade
+            mark.marker.color = [colors[id(r)] for r in div]
         fig.add_trace(mark)
     if x == "step":
         fig.update_xaxes(title="optimizer step", rangemode="tozero")
