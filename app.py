@@ -211,10 +211,15 @@ def live_view() -> None:
     seeded = any(len(g) > 1 for g in charts.seed_groups(results).values())
     left, right = st.columns([1, 1.2])
     with left:
-        c1, c2 = st.columns(2)
-        log_y = c1.toggle("Log-scale loss", value=True, key="log_y")
-        post = c2.toggle("After clipping", value=False, key="post_clip", help="gradients as the optimizer saw them")
+        # the loss chart's axes in a popover on the toggles row: under the chart they fell below a projector's fold
+        c1, c2 = st.columns(2, vertical_alignment="center")
+        post = c1.toggle("After clipping", value=False, key="post_clip", help="gradients as the optimizer saw them")
         band = seeded and st.session_state.get("seed_band", True)  # its toggle sits under the chart (the fold)
+        with c2.popover("Loss axes", icon=":material/tune:", help="loss chart: log scale, x axis, smoothing"):
+            log_y = st.toggle("Log-scale loss", value=True, key="log_y")
+            st.segmented_control("x axis", ["epoch", "step"], default="epoch", key="loss_x", disabled=band)
+            st.select_slider("Smoothing", [0.0, 0.5, 0.8, 0.9, 0.95], value=0.0, key="smoothing", disabled=band,
+                             help="exponential moving average, as in TensorBoard; the hover keeps the raw values")  # fmt: skip
         if band:
             st.plotly_chart(
                 figure(charts.seed_band, results, "val_loss", log_y=log_y, height=chart_h), key="chart_loss"
@@ -226,18 +231,8 @@ def live_view() -> None:
             fig = figure(charts.loss_curves, results, log_y=log_y, height=chart_h, x=x, smoothing=smooth)
             st.plotly_chart(fig, key="chart_loss")
             st.caption(charts.CAPTIONS["loss"])
-        band_toggle = functools.partial(st.toggle, "Median + IQR over seeds", value=True, key="seed_band",
-                                        help="off: every seed")  # fmt: skip
-        if band:
-            band_toggle()
-        else:
-            d1, d2, d3 = st.columns(3) if seeded else (*st.columns(2), None)
-            d1.segmented_control("x axis", ["epoch", "step"], default="epoch", key="loss_x")
-            d2.select_slider("Smoothing", [0.0, 0.5, 0.8, 0.9, 0.95], value=0.0, key="smoothing",
-                             help="exponential moving average, as in TensorBoard; the hover keeps the raw values")  # fmt: skip
-            if seeded:
-                with d3:
-                    band_toggle()
+        if seeded:
+            st.toggle("Median + IQR over seeds", value=True, key="seed_band", help="off: every seed")
     with right:
         view = st.segmented_control("Gradients", VIEWS, default=VIEWS[0], key="view", label_visibility="collapsed")
         gradient_chart(results, view or VIEWS[0], post)

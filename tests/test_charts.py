@@ -235,7 +235,7 @@ def test_value_histogram_marks_clip_value_and_nan(tutorial):
     assert vlines == pytest.approx([-charts._symlog(5.0), charts._symlog(5.0)])  # ±c of the value run only
     assert any(t.text and t.text[0] == "4388 NaN" for t in fig.data)
     later = charts.value_histogram(tutorial, epoch=3)
-    assert any("no record for epoch 3" in a.text for a in later.layout.annotations)
+    assert "none: diverged at epoch 1 — no record for epoch 3" in later.layout.title.subtitle.text
 
 
 def test_seed_band_groups_seeds_and_counts_divergence():
@@ -366,16 +366,43 @@ def test_small_multiples_have_few_small_ticks_and_one_x_title(tutorial):
         assert sum(bool(a.title.text) for a in axes) == 1, f"{name}: one x title per panel overlaps at half width"
         assert all(a.tickfont.size < 16 for a in axes), name
     assert len(charts.value_histogram(six).layout.xaxis.tickvals) <= 4
-    # a log y shared by panels must autorange (with the x range fixed, plotly.js froze it at [0.1, 1e4])
-    assert charts.layer_norms(tutorial).layout.yaxis.autorange is True
+    # a log y shared by panels must autorange (with the x range fixed, plotly.js froze it at [0.1, 1e4]), or have
+    # its range set (layers: from the runs that did not diverge)
+    assert charts.layer_norms(tutorial).layout.yaxis.range is not None
     assert charts.value_histogram(tutorial).layout.yaxis.autorange is True
 
 
 def test_empty_panel_keeps_its_axes(tutorial):
-    fig = charts.value_histogram(tutorial, epoch=3)  # 'none' diverged in epoch 1: panel 1 has no bars
-    assert any(t.xaxis == "x" and t.yaxis == "y" for t in fig.data)  # else plotly drops the axes the note sits on
-    (note,) = [a for a in fig.layout.annotations if "no record for epoch 3" in a.text]
-    assert note.xref == "x domain"
+    fig = charts.norm_distribution_grid([_run("norm", 1.0), RunResult(tutorial[0].spec, [])])
+    assert any(t.xaxis == "x2" and t.yaxis == "y2" for t in fig.data)  # else plotly drops the axes the note sits on
+    (note,) = [a for a in fig.layout.annotations if a.text == "no epochs yet"]
+    assert note.xref == "x2 domain"
+
+
+def test_values_a_run_with_nothing_finite_gets_a_note_not_a_panel(tutorial):
+    fig = charts.value_histogram(tutorial, epoch=3)  # 'none' diverged in epoch 1
+    assert [a.text for a in fig.layout.annotations if a.text in ("none", "value:5", "norm:1")] == ["value:5", "norm:1"]
+    assert fig.layout.title.subtitle.text == "none: diverged at epoch 1 — no record for epoch 3"
+    assert fig.layout.title.subtitle.font.size >= 16
+    nan_only = _diverged()
+    nan_only.records[0].value_hist_post = [0] * (N_VALUE - 1) + [4388]
+    nan_only.records[0].value_hist_pre = list(nan_only.records[0].value_hist_post)
+    fig = charts.value_histogram([nan_only, tutorial[1]], epoch=1)
+    assert fig.layout.title.subtitle.text == "none: diverged at epoch 1 — no finite values"
+    alone = charts.value_histogram([nan_only], epoch=1)  # nothing to draw at all: the message, no empty axes
+    assert "no finite values" in alone.layout.annotations[0].text.replace("<br>", " ")
+    assert charts.value_histogram(tutorial, epoch=1).layout.title.subtitle.text is None  # epoch 1 has values
+
+
+def test_values_panels_use_the_width_two_a_row():
+    three = [_run("value", 5.0), _run("norm", 1.0), _run("tensor-norm", 1.0)]
+    fig = charts.value_histogram(three, height=380)
+    left, right = fig.layout.xaxis.domain
+    assert right - left > 0.4  # two panels a row, not three (~80 px each at half a 1280 px projector)
+    assert fig.layout.xaxis3.domain == fig.layout.xaxis.domain  # the third starts a second row...
+    assert fig.layout.height >= 2 * 320  # ...with a height of its own
+    two = charts.value_histogram(three[:2], height=380)
+    assert two.layout.height == 380 and two.layout.xaxis.domain[1] > 0.4
 
 
 def test_loss_chart_marks_divergence_in_the_runs_colour_and_ticks_decades(tutorial):

@@ -455,7 +455,22 @@ def value_histogram(
     Otherwise only post- (or pre-) clip bars."""
     if _no_records(results):
         return empty_figure("no epochs yet", height or 400)
-    fig, n_rows, n_cols = _subplots(results, 3, shared_yaxes="all", shared_xaxes="all", horizontal_spacing=0.03)
+    # a run with nothing finite to draw (diverged before this epoch, or only NaN) gets a line of text, not a panel
+    panels, notes = [], []
+    for res, c in zip(results, run_colors(results), strict=True):
+        recs = [r for r in res.records if epoch is None or r.epoch == epoch]
+        cnt = _value_counts(recs, post or both)
+        if cnt is not None and cnt[:-1].sum() > 0:
+            panels.append((res, c, recs, cnt))
+            continue
+        why = "no value histogram recorded" if recs and cnt is None else "no finite values"
+        why = why if recs else f"no record for epoch {epoch}"
+        notes.append(f"{res.label}: {'diverged at epoch ' + str(res.diverged[0]) + ' — ' if res.diverged else ''}{why}")
+    if not panels:
+        return empty_figure("; ".join(notes), height or 400)
+    # at most 2 panels a row: at half a 1280 px projector 3 were ~80 px wide each
+    fig, n_rows, n_cols = _subplots([p[0] for p in panels], 2, shared_yaxes="all", shared_xaxes="all",
+                                    horizontal_spacing=0.05)  # fmt: skip
     x_nan = float(_VU[-1]) + 2.5
     mids, widths = (_V_LEFT + _V_RIGHT) / 2, _V_RIGHT - _V_LEFT
     legend_done: set[str] = set()
@@ -465,14 +480,8 @@ def value_histogram(
         legend_done.add(name)
         return dict(name=name, legendgroup=name, showlegend=first and both)
 
-    for k, (res, c) in enumerate(zip(results, run_colors(results), strict=True)):
+    for k, (res, c, recs, cnt) in enumerate(panels):
         at = dict(row=k // n_cols + 1, col=k % n_cols + 1)
-        recs = [r for r in res.records if epoch is None or r.epoch == epoch]
-        cnt = _value_counts(recs, post or both)
-        if cnt is None:
-            why = "no value histogram recorded" if recs else f"no record for epoch {epoch}"
-            _note(fig, k + 1, why, **at)  # the panel's title says where it diverged
-            continue
         thr = res.spec.clip.threshold
         has_c = res.spec.clip.strategy == "value" and thr is not None and math.isfinite(thr) and thr > 0
         piles = has_c and (post or both)  # the pile-up is in the post-clip counts
@@ -528,7 +537,11 @@ def value_histogram(
     fig.update_layout(barmode="overlay")
     when = "all epochs" if epoch is None else f"epoch {epoch}"
     what = "before | after clip" if both else ("post" if post else "pre") + "-clip"
-    return _style(fig, f"Values: {what}, {when}", height or max(420, 320 * n_rows), f"values:{post}:{both}")
+    height = max(height or 420, 320 * n_rows) if n_rows > 1 else height or 420  # a second row gets its own height
+    _style(fig, f"Values: {what}, {when}", height, f"values:{post}:{both}")
+    if notes:  # under the title, in the diverged colour: which runs have no panel, and why
+        fig.update_layout(title_subtitle=dict(text="; ".join(notes), font=dict(size=_FONT, color=NONFINITE_COLOR)))
+    return fig
 
 
 # ---- seeds ------------------------------------------------------------------------------------------
