@@ -211,23 +211,25 @@ def main() -> None:
 def compiled(sweep, chunks, ds, device: str, plain: float, plain_c: float, best_eager: tuple[float, float]) -> None:
     """The same chunks once through Engine(compile=True), every record the sweep keeps; compile time apart.
 
-    Not through run_sweep: it is the engine's step that compiles, and each chunk's Engine compiles its own
-    graph (the 'none' chunk too, though it diverges in epoch 1). Epoch-1 validation losses are checked
-    against eager ones (value clipping is chaotic, so only epoch 1 is compared, as in tests/test_engine.py).
+    Not through run_sweep: each chunk's Engine compiles its own graph (the whole epoch, its steps unrolled).
+    The 'none' chunk trains eagerly: it diverges in epoch 1, so its compile could never pay off. Epoch-1
+    validation losses are checked against eager ones (value clipping is chaotic, so only epoch 1 is
+    compared, as in tests/test_engine.py).
     """
     wall = cpu = compile_s = 0.0
     worst = 0.0
     for chunk in chunks:
         specs = [point_spec(sweep, p) for p in chunk]
         t, c = time.perf_counter(), time.process_time()
-        eng = Engine(specs, device=device, dataset=ds, histograms=False, compile=True)
+        clips = any(s.clip.strategy != "none" for s in specs)
+        eng = Engine(specs, device=device, dataset=ds, histograms=False, detail=False, compile=clips)
         recs = list(eng)
         wall, cpu = wall + time.perf_counter() - t, cpu + time.process_time() - c
         if eng.compile_note:
             print(eng.compile_note)
             return
         compile_s += eng.compile_seconds
-        eager = Engine(specs, device=device, dataset=ds, histograms=False)
+        eager = Engine(specs, device=device, dataset=ds, histograms=False, detail=False)
         want = {r.run: r.val_loss for r in next(_epochs(eager))}
         got = {r.run: r.val_loss for r in recs if r.epoch == 1}
         worst = max([worst] + [abs(got[i] - want[i]) / abs(want[i]) for i in want if math.isfinite(want[i])])

@@ -370,8 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the training step (off by default): a one-off compile of about a minute, then "
-        "faster steps; pays off only for long runs or big K. Falls back to eager, with a note, where it cannot",
+        help="torch.compile each epoch's steps as one graph (off by default): a one-off compile of a few minutes, "
+        "then faster epochs; pays off only for long runs or big K. Falls back to eager, with a note, where it cannot",
     )
     _add_executor_flags(run, "local")
     run.set_defaults(func=cmd_run)

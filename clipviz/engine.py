@@ -147,8 +147,6 @@ class Engine:
         else:  # the RNN: autograd through models.forward
             self.net = None
             self.flat.requires_grad_(True)
-        # optional torch.compile of the step (off by default: the dashboard never waits on a compile)
-        self._setup_compile(compile)
         self.gens = [shuffle_generator(s) for s in self.seeds]
         self.n = self.x.shape[0]
         self.steps_per_epoch = -(-self.n // self.batch)
@@ -162,6 +160,10 @@ class Engine:
             self.hist_buf = torch.empty((2, *shape), device=dev)  # pre / post clip values of buffered steps
             # run k's pre-clip counts at k*bins, its post-clip counts after all K pre-clip ones: [2, 1, K, 1]
             self.bin_offset = torch.arange(2 * k, device=dev, dtype=torch.int32).view(2, 1, k, 1) * _N_VALUE_BINS
+        # a step's numbers in the epoch's table: loss, finite, then (recording) pre, clipped, frac, (detail) post
+        self.n_scalars = 2 + (3 if record else 0) + (1 if self.detail else 0)
+        # optional torch.compile (off by default: the dashboard never waits on a compile)
+        self._setup_compile(compile)
 
     @property
     def params(self) -> list[Tensor]:
@@ -224,9 +226,46 @@ class Engine:
         self._compiled_shapes.add(key)
         return out
 
+    def _write_row(self, row: Tensor, loss: Tensor, ok: Tensor, stats: clipping.ClipStats) -> None:
+        """One step's per-run numbers into its table row [columns, K]: one stack (and the layer norms, one copy)."""
+        cols = [loss, ok]
+        if self.record:
+            cols += [stats.pre_norm, stats.clipped, stats.frac_elements]
+        if self.detail:
+            cols.append(stats.post_norm)
+            row[self.n_scalars :].copy_(stats.tensor_norms.t())
+        torch.stack(cols, out=row[: self.n_scalars] if self.detail else row)
+
+    def _all_steps(self, xs: Tensor, ys: Tensor, table: Tensor) -> None:
+        """Every step of one epoch into table [S, columns, K] (and each step's gradients into hist_buf): what
+        the whole-epoch torch.compile compiles, its loop unrolled into one graph (no Python between steps)."""
+        for s in range(self.steps_per_epoch):
+            lo, hi = s * self.batch, min(self.n, (s + 1) * self.batch)
+            slots = (self.hist_buf[0, s], self.hist_buf[1, s]) if self.histograms else (None, None)
+            loss, ok, stats = self._step(xs[:, lo:hi], ys[:, lo:hi], *slots)
+            self._write_row(table[s], loss, ok, clipping.ClipStats(*stats))
+
+    def _compiled_epoch(self, xs: Tensor, ys: Tensor, table: Tensor) -> None:
+        """_all_steps through torch.compile; the first call (per data shape) counts as compile time."""
+        if xs.shape in self._compiled_shapes:
+            return self._epoch_c(xs, ys, table)
+        t = time.perf_counter()
+        try:
+            self._epoch_c(xs, ys, table)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: train on, eagerly, and say so
+            self.compile_note = f"torch.compile failed ({type(exc).__name__}); training eagerly"
+            self._epoch_c = None
+            return self._all_steps(xs, ys, table)
+        self.compile_seconds += time.perf_counter() - t
+        self._compiled_shapes.add(xs.shape)
+
     def _setup_compile(self, want: bool) -> None:
-        """Choose eager or compiled steps; compile_note says why a requested compile is not used (else None)."""
+        """Choose eager or compiled steps; compile_note says why a requested compile is not used (else None).
+
+        The whole epoch compiles as one graph where nothing must run between steps (no hold hook) and every
+        step's gradients fit the histogram buffer; else the step alone compiles (Python runs the loop)."""
         self._step_fn, self.compile_note, self.compile_seconds = self._step, None, 0.0
+        self._epoch_c = None
         if not want:
             return
         why = compile_unsupported(
@@ -235,8 +274,11 @@ class Engine:
         if why:
             self.compile_note = f"--compile: {why}; training eagerly"
             return
-        self._step_c = torch.compile(self._step, dynamic=False)
         self._compiled_shapes: set = set()
+        if self.hold is None and (not self.histograms or self.hist_buf.shape[1] == self.steps_per_epoch):
+            self._epoch_c = torch.compile(self._all_steps, dynamic=False)
+            return
+        self._step_c = torch.compile(self._step, dynamic=False)
         self._step_fn = self._compiled_step
 
     def _epoch_data(self) -> tuple[Tensor, Tensor]:
@@ -262,13 +304,18 @@ class Engine:
         # layer norms; a step's per-run numbers go in as ONE stack (and the layer norms as one copy), where a
         # buffer per metric costs a select and a copy each (measured: recording overhead 1.23x -> see README);
         # float64 keeps norms past float32's range
-        n_scalars = 2 + (3 if rec else 0) + (1 if self.detail else 0)
-        n_cols = n_scalars + (len(self.names) if self.detail else 0)
+        n_cols = self.n_scalars + (len(self.names) if self.detail else 0)
         table = torch.empty(s_n, n_cols, k, dtype=torch.float64, device=dev)
         counts = torch.zeros(2, k, _N_VALUE_BINS, dtype=torch.long, device=dev) if hist else None
         alive0, n_buf = self.alive.clone(), 0
         last_hold = time.perf_counter()
-        for s in range(self.steps_per_epoch):
+        whole = self._epoch_c is not None
+        if whole:  # compiled as one graph: stop is checked between epochs
+            if self.stop.is_set():
+                return None
+            self._compiled_epoch(xs, ys, table)
+            n_buf = self.steps_per_epoch if hist else 0
+        for s in range(0 if whole else self.steps_per_epoch):
             stopped, last_hold = self._interrupted(last_hold)
             if stopped:
                 return None
@@ -276,15 +323,7 @@ class Engine:
             xb = xs[lo:hi] if self.net is None and xs.dim() == self.x.dim() else xs[:, lo:hi]  # rnn: shared rows
             slots = (self.hist_buf[0, n_buf], self.hist_buf[1, n_buf]) if hist else (None, None)
             loss, ok, stats = self._step_fn(xb, ys[:, lo:hi], *slots)
-            stats = clipping.ClipStats(*stats)
-            cols = [loss, ok]
-            if rec:
-                cols += [stats.pre_norm, stats.clipped, stats.frac_elements]
-            row = table[s]  # [columns, K]
-            if self.detail:
-                cols.append(stats.post_norm)
-                row[n_scalars:].copy_(stats.tensor_norms.t())
-            torch.stack(cols, out=row[:n_scalars] if self.detail else row)
+            self._write_row(table[s], loss, ok, clipping.ClipStats(*stats))
             if hist:
                 n_buf += 1
                 if n_buf == self.hist_buf.shape[1]:
