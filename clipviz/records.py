@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -190,6 +191,15 @@ def norm_bins(threshold: float | None = None) -> NormBins:
     return NormBins(edges, display, tuple(labels), at_c, c)
 
 
+def _shareable(spec: RunSpec) -> dict[str, Any]:
+    """spec.to_dict() with a CSV's file name only: a downloaded or shared document must not carry the server's
+    (or a user's) directory layout, e.g. the dashboard's saved-upload path."""
+    d = spec.to_dict()
+    if d["data"].get("csv_path"):
+        d["data"]["csv_path"] = os.path.basename(d["data"]["csv_path"])
+    return d
+
+
 def to_json(results: list[RunResult]) -> dict[str, Any]:
     """The documented JSON document (README: 'JSON schema')."""
     return {
@@ -197,7 +207,7 @@ def to_json(results: list[RunResult]) -> dict[str, Any]:
         "runs": [
             {
                 "label": r.label,
-                "spec": r.spec.to_dict(),
+                "spec": _shareable(r.spec),
                 "diverged": None if r.diverged is None else {"epoch": r.diverged[0], "step": r.diverged[1]},
                 "epochs": [rec.to_json_dict() for rec in r.records],
             }

@@ -17,6 +17,7 @@ from streamlit.testing.v1 import AppTest
 from clipviz.__main__ import main
 from clipviz.config import TUTORIAL, Caps, ConfigError, DataSpec
 from clipviz.data import load_dataset, read_csv_table
+from clipviz.records import RunResult
 from clipviz.text import MAX_LINE, ZWSP, md_escape, shorten
 from clipviz.ui import controls, export
 from tests.app_util import APP
@@ -182,6 +183,9 @@ def test_saved_uploads_are_bounded_and_exported_code_has_no_server_path(monkeypa
     assert sorted(os.listdir(tmp_path / "uploads")) == sorted(os.path.basename(p) for p in paths[-3:])
     code = export.code_snippet(replace(TUTORIAL, data=DataSpec(name="csv", csv_path=paths[-1])))
     assert str(tmp_path) not in code and "data.csv" in code
+    run = RunResult(replace(TUTORIAL, data=DataSpec(name="csv", csv_path=paths[-1])), [])
+    doc = export.json_bytes([run]).decode()  # the records download names the file, not the server's directory
+    assert str(tmp_path) not in doc and os.path.basename(paths[-1]) in doc
 
 
 # ---- the CLI (items 3, 6 and 8) --------------------------------------------------------------------
