@@ -142,7 +142,7 @@ def norm_histogram(values: list[float] | np.ndarray) -> dict[str, Any]:
 # a norm within this distance of the clip threshold c counts as "= c": global-norm clipping leaves
 # c * g / (g + 1e-6), i.e. c minus at most 1e-6 (clip_grad_norm_'s epsilon), and float32 rounds it by ~1e-7 * c
 _AT_C_ABS, _AT_C_REL = 1e-6, 1e-6
-_AT_C_HALF = 0.0625  # half the height, in decades, at which the '= c' row is drawn (its true width is ~1e-6)
+_AT_C_HALF = 0.125  # half the height, in decades, at which the '= c' row is drawn (its true width is ~1e-6)
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,7 @@ class NormBins:
 
 def norm_bins(threshold: float | None = None) -> NormBins:
     """NormBins on NORM_EDGES; with a threshold c inside them, c gets its own row [c - tol, c + tol], and the grid
-    edges within an eighth of a decade of c are dropped (no sliver rows next to it)."""
+    edges within a quarter decade of c are dropped (no sliver rows next to it)."""
     logs = np.log10(NORM_EDGES)
     ok = threshold is not None and math.isfinite(threshold) and NORM_EDGES[0] < threshold < NORM_EDGES[-1]
     if not ok:

@@ -184,6 +184,13 @@ def _style(fig: go.Figure, title: str, height: int, uirevision: str) -> go.Figur
     return fig
 
 
+def _subtitle(fig: go.Figure, text: str) -> None:
+    """A line under the title in the non-finite colour (e.g. which runs have no panel, and why), the top margin
+    grown to fit it over two-line panel titles."""
+    fig.update_layout(title_subtitle=dict(text=text, font=dict(size=_FONT, color=NONFINITE_COLOR)))
+    fig.update_layout(margin_t=(fig.layout.margin.t or 90) + 30)
+
+
 def empty_figure(message: str, height: int = 400) -> go.Figure:
     """A blank figure with a centred message (before any run exists), wrapped to fit a half-width column
     (plotly does not wrap annotations: one long line was clipped at both ends)."""
@@ -372,16 +379,18 @@ def layer_norms(results: Sequence[RunResult], height: int | None = None, post: b
                 sym = ["triangle-up" if v > top else "triangle-down" for _, v in out]
                 fig.add_trace(_marks([x for x, _ in out], [top if v > top else bottom for _, v in out], hov,
                                      symbol=sym, group=name), **at)  # fmt: skip
-    fig.update_yaxes(type="log", exponentformat="e", range=[math.log10(bottom / pad), math.log10(top * pad)])
+    y_range = [math.log10(bottom / pad), math.log10(top * pad)]
+    fig.update_yaxes(type="log", exponentformat="e", range=y_range)
+    if y_range[1] - y_range[0] > 1.5:  # one label per decade: no 2s and 5s in small panels
+        fig.update_yaxes(dtick=1)
     fig.update_yaxes(title="mean ‖g‖ per tensor", col=1)
     fig.update_xaxes(_epoch_axis(results, max(3, 8 // n_cols)) | {"title": None})
     _x_title(fig, "epoch", n_rows, n_cols)
     title = "Layer norms, pre-clip (post not recorded)" if post else "Gradient norm per layer"
-    if off_scale:
-        fig.add_annotation(text="▲ off scale (a diverged run: hover for the value)", x=1, y=1, xref="paper",
-                           yref="paper", xanchor="right", yanchor="bottom", yshift=28, showarrow=False,
-                           font=dict(color=NONFINITE_COLOR, size=_SMALL))  # fmt: skip
-    return _style(fig, title, height or max(420, 320 * n_rows), f"layers:{post}")
+    _style(fig, title, height or max(420, 320 * n_rows), f"layers:{post}")
+    if off_scale:  # under the title (an annotation there overprinted the panel titles)
+        _subtitle(fig, "▲ off scale: a diverged run's norms (hover for the value)")
+    return fig
 
 
 # ---- (e) clip rate ----------------------------------------------------------------------------------
@@ -540,7 +549,7 @@ def value_histogram(
     height = max(height or 420, 320 * n_rows) if n_rows > 1 else height or 420  # a second row gets its own height
     _style(fig, f"Values: {what}, {when}", height, f"values:{post}:{both}")
     if notes:  # under the title, in the diverged colour: which runs have no panel, and why
-        fig.update_layout(title_subtitle=dict(text="; ".join(notes), font=dict(size=_FONT, color=NONFINITE_COLOR)))
+        _subtitle(fig, "; ".join(notes))
     return fig
 
 

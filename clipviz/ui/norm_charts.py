@@ -107,7 +107,8 @@ def _norm_figure(results: Sequence[RunResult], post: bool, thresholds, height: i
             per = " per tensor" if res.spec.clip.strategy == "tensor-norm" else ""
             # post-clip norms sit exactly on the threshold: a thin, half-transparent line does not hide them
             line = dict(color="black", dash="dot" if post else "dash", width=1.5 if post else 3)
-            fig.add_hline(y=math.log10(thr), line=line, opacity=0.6 if post else 1.0, row=1, col=j,
+            # below the cells: where the clipped steps sit on the '= c' row they stay visible
+            fig.add_hline(y=math.log10(thr), line=line, opacity=0.6 if post else 1.0, row=1, col=j, layer="below",
                           annotation_text=f"clip at {thr:g}{per}")  # fmt: skip
     eq = sorted({b.threshold for b in bins if b.at_c is not None and lo <= math.log10(b.threshold) <= hi})
     ticks = [k for k in range(-4, 9) if lo <= k <= hi and all(abs(k - math.log10(c)) > 0.3 for c in eq)]
