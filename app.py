@@ -1,7 +1,7 @@
 """clipviz dashboard: gradient clipping side by side, live. Layout and wiring only.
 
 controls (sidebar widgets -> list[RunSpec]) -> state.start_job (one batched background Job)
--> a polling fragment redraws the charts each epoch -> finished runs go into the session's RunStore.
+-> polling fragments redraw the progress and the charts -> finished runs go into the session's RunStore.
 Run it with `streamlit run app.py`.
 """
 
@@ -202,12 +202,26 @@ def gradient_chart(results, view: str, post: bool) -> None:
         st.slider("Epoch", 1, last, key="hist_epoch")
 
 
-def live_view() -> None:
-    """Progress, one status line per run and the charts; reruns itself while this session's job trains."""
+def live_status() -> None:
+    """Progress and one status line per run, from one snapshot. Cheap text (a few ms of server CPU), so it
+    polls at a steady pace (state.status_interval) while the charts redraw at their own, load-dependent one."""
     snap = state.current_snapshot()
     results = state.display_results(shown_runs(snap))
     with st.container(key="live_status"):  # ONE element: a cut-short rerun cannot leave new progress over old status
         st.html(live_status_html(snap, state.job_number(snap.job_id) if snap else None, results))
+    if snap is not None and snap.finished and any(j.id == snap.job_id for j in st.session_state.jobs):
+        st.rerun(scope="app")  # the job ended: store its runs and switch polling off
+    was_queued, st.session_state.was_queued = (
+        st.session_state.get("was_queued"),
+        snap is not None and snap.state == "queued",
+    )
+    if was_queued and not st.session_state.was_queued:
+        st.rerun(scope="app")  # the job left the queue: the charts poll at the training pace (state.chart_interval)
+
+
+def live_charts() -> None:
+    """The loss chart and the chosen gradient view from their own snapshot (figures rebuilt only when it changed)."""
+    results = state.display_results(shown_runs(state.current_snapshot()))
     seeded = any(len(g) > 1 for g in charts.seed_groups(results).values())
     left, right = st.columns([1, 1.2])
     with left:
@@ -236,14 +250,6 @@ def live_view() -> None:
     with right:
         view = st.segmented_control("Gradients", VIEWS, default=VIEWS[0], key="view", label_visibility="collapsed")
         gradient_chart(results, view or VIEWS[0], post)
-    if snap is not None and snap.finished and any(j.id == snap.job_id for j in st.session_state.jobs):
-        st.rerun(scope="app")  # the job ended: store its runs and switch polling off
-    was_queued, st.session_state.was_queued = (
-        st.session_state.get("was_queued"),
-        snap is not None and snap.state == "queued",
-    )
-    if was_queued and not st.session_state.was_queued:
-        st.rerun(scope="app")  # the job left the queue: poll at the training pace (state.poll_interval)
 
 
 # ---- page -----------------------------------------------------------------------------------------
@@ -259,7 +265,9 @@ TABS = {
 tab_cmp, tab_lesson, tab_cliff, tab_hist, tab_sweep, tab_export = st.tabs(list(TABS.values()), key="tab",
                                                                           on_change="rerun")  # fmt: skip
 with tab_cmp:
-    st.fragment(run_every=state.poll_interval() if state.any_active() else None)(live_view)()
+    active = state.any_active()
+    st.fragment(run_every=state.status_interval() if active else None)(live_status)()
+    st.fragment(run_every=state.chart_interval() if active else None)(live_charts)()
 
 
 def _lesson_target():

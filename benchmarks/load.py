@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import collections
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -89,9 +90,10 @@ async def train(page, start: asyncio.Event, timeout_ms: float) -> dict:
     from playwright.async_api import TimeoutError as PlaywrightTimeout
 
     await start.wait()
+    await page.evaluate(_JS_TRACE, [bu.PROGRESS, CHART])
     t0 = time.perf_counter()
     await page.locator(bu.TRAIN).click()
-    out: dict = {"first": None, "done": None, "shown": None, "exceptions": None}
+    out: dict = {"first": None, "done": None, "shown": None, "exceptions": None, "trace": []}
     try:
         await page.wait_for_function(bu.JS_EPOCH, arg=[bu.PROGRESS, 1], polling=20, timeout=timeout_ms)
         out["first"] = time.perf_counter() - t0
@@ -103,7 +105,57 @@ async def train(page, start: asyncio.Event, timeout_ms: float) -> dict:
         text = await page.locator(bu.PROGRESS).text_content() if await page.locator(bu.PROGRESS).count() else ""
         out["shown"] = f"not done after {timeout_ms / 1000:g} s: {text.strip()!r}"
     out["exceptions"] = await page.locator(bu.EXCEPTION).count()
+    out["trace"] = await page.evaluate("() => window.__clipviz_trace")
+    out["chart"] = first_chart(out["trace"])
     return out
+
+
+# what the progress line and the loss chart showed, and when (ms after the click), read every 50 ms
+# (textContent and plotly's data force no layout): when the first epoch and the first chart appeared,
+# and how often each was redrawn (the click's rerun, a queue, the poll cadences, the finish)
+_JS_TRACE = """([sel, chart]) => {
+    const t0 = performance.now(), log = (window.__clipviz_trace = []);
+    let last = null;
+    const id = setInterval(() => {
+        const text = (document.querySelector(sel)?.textContent || "").trim();
+        const plot = document.querySelector(chart + " .js-plotly-plot");
+        const points = Math.max(0, ...((plot && plot.data) || []).map((t) => (t.x ? t.x.length : 0)));
+        const now = text + "|" + points;
+        if (now !== last) { log.push([Math.round(performance.now() - t0), text, points]); last = now; }
+        if (/· (done|stopped|failed)/.test(text)) clearInterval(id);
+    }, 50);
+}"""
+CHART = ".st-key-chart_loss"  # the loss chart (st.plotly_chart key in app.py)
+
+
+def first_chart(trace: list) -> float | None:
+    """Seconds from the click until the loss chart first drew a point of the new job (None: never)."""
+    return next((t / 1000 for t, _, points in trace if points > 0), None)
+
+
+def trace_line(trace: list) -> str:
+    """'epoch 1 at 0.93 s, 9 progress updates every 0.52 s (max gap 1.10 s); chart: 4 redraws every 1.6 s'."""
+    epochs, charts, seen = [], [], None
+    for t, text, points in trace:
+        if (m := re.search(r"epoch (\d+)/", text)) and (not epochs or epochs[-1][1] != int(m.group(1))):
+            epochs.append((t / 1000, int(m.group(1))))
+        if points != seen:
+            charts.append(t / 1000)
+            seen = points
+    queued = [t / 1000 for t, text, _ in trace if "queued" in text]
+    parts = [f"queued at {queued[0]:.2f} s" if queued else "never queued"]
+
+    def cadence(what: str, times: list[float]) -> str:
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        more = f" every {statistics.median(gaps):.2f} s (max gap {max(gaps):.2f} s)" if gaps else ""
+        return f"{len(times)} {what}{more}"
+
+    if epochs:
+        parts.append(
+            f"epoch {epochs[0][1]} at {epochs[0][0]:.2f} s, " + cadence("progress updates", [t for t, _ in epochs])
+        )
+    parts.append("loss chart: " + cadence("redraws", charts[1:] if charts and charts[0] == 0 else charts))
+    return ", ".join(parts)
 
 
 def browser_pids(server_pid: int) -> list[int]:
@@ -179,14 +231,14 @@ async def run(args) -> int:
     print(
         f"server warm-up page load {warm_s:.1f} s (imports torch); pages opened in {', '.join(f'{o[2]:.1f}' for o in opened)} s"
     )
-    print(f"\n{'session':<9}{'first epoch s':>14}{'finished s':>12}{'exceptions':>12}  page shows")
+    print(f"\n{'session':<9}{'first epoch s':>14}{'first chart s':>14}{'finished s':>12}{'exceptions':>12}  page shows")
     ok = True
     finish = []
     target = FINISH_TARGETS_S.get(args.sessions, FINISH_TARGETS_S[8] * args.sessions / 8)
     for i, r in enumerate(results, 1):
         if isinstance(r, BaseException):
             ok = False
-            print(f"{i:<9}{'-':>14}{'-':>12}{'?':>12}  error: {type(r).__name__}: {str(r).splitlines()[0]}")
+            print(f"{i:<9}{'-':>14}{'-':>14}{'-':>12}{'?':>12}  error: {type(r).__name__}: {str(r).splitlines()[0]}")
             continue
         first = f"{r['first']:.2f}" if r["first"] is not None else "-"
         done = f"{r['done']:.2f}" if r["done"] is not None else "-"
@@ -195,12 +247,18 @@ async def run(args) -> int:
         ok &= r["shown"] == "epoch 100/100 · done"
         if r["done"] is not None:
             finish.append(r["done"])
-        print(f"{i:<9}{first:>14}{done:>12}{r['exceptions']:>12}  {r['shown']}")
+        chart = f"{r['chart']:.2f}" if r["chart"] is not None else "-"
+        print(f"{i:<9}{first:>14}{chart:>14}{done:>12}{r['exceptions']:>12}  {r['shown']}")
+        if args.trace:
+            print(f"{'':<9}{trace_line(r['trace'])}")
     spread = f": median {statistics.median(finish):.2f} s, max {max(finish):.2f} s" if finish else ""
     firsts = [r["first"] for r in results if isinstance(r, dict) and r["first"] is not None]
     print(f"finished {len(finish)}/{len(results)}{spread} (target: all within {target:g} s)")
     if firsts:
         print(f"first epoch on screen: max {max(firsts):.2f} s (target: all within {FIRST_EPOCH_TARGET_S:g} s)")
+    charts = [r["chart"] for r in results if isinstance(r, dict)]
+    if charts and None not in charts:
+        print(f"first point on the loss chart: max {max(charts):.2f} s (the charts poll at their own, slower pace)")
     print(f"load average before: {load0}; after the sessions ended: {load1}")
 
     cores = os.cpu_count() or 1
@@ -258,6 +316,7 @@ def main() -> int:
         help="give up on a session after this many s from its click (default 60); "
         "its page is then closed with the job still going, which the server must reap",
     )
+    ap.add_argument("--trace", action="store_true", help="per session: when the page showed what (poll cadence)")
     args = ap.parse_args()
     if why := bu.missing():
         print(f"cannot run: {why}")

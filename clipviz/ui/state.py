@@ -64,16 +64,28 @@ def _threads_configured() -> int:
     return configure_torch_threads()
 
 
-def poll_interval() -> float:
-    """Seconds between live redraws: 0.5 s, stretched while several jobs share the server's cores.
+STATUS_INTERVAL = 0.5  # s between polls of the progress and status lines (a few lines of text)
 
-    Each redraw rebuilds and re-sends the charts, which costs the server (and the browser) CPU that the
-    training threads need; a queued job has nothing new to show, so it only checks its place every 2 s.
+
+def status_interval() -> float:
+    """Seconds between polls of the progress and status lines: steady, whatever the load (they are cheap)."""
+    return STATUS_INTERVAL
+
+
+CHART_INTERVAL = 1.0  # s between chart redraws with one job training; stretched with more (chart_interval)
+
+
+def chart_interval() -> float:
+    """Seconds between chart redraws: 1 s, stretched while several jobs share the server's cores.
+
+    Each redraw rebuilds and re-sends two plotly figures, and the browser lays them out again (measured
+    with Chromium's profiler: most of a page's script time is plotly redrawing its axes), so it costs the
+    server and every browser CPU that other sessions need. A queued job has nothing new to show: 2 s.
     """
     snap = current_snapshot()
     if snap is not None and snap.state == "queued":
         return 2.0
-    return 0.5 * max(1, get_manager().stats().running)
+    return max(CHART_INTERVAL, 0.5 * get_manager().stats().running)
 
 
 def init_session() -> None:
