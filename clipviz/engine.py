@@ -158,6 +158,7 @@ class Engine:
         if self.histograms:
             shape = (min(self.hist_steps, self.steps_per_epoch), k, self.layout.numel)
             self.hist_buf = torch.empty((2, *shape), device=dev)  # pre / post clip values of buffered steps
+            self.hist_slots = list(zip(self.hist_buf[0], self.hist_buf[1], strict=True))  # views, built once
             # run k's pre-clip counts at k*bins, its post-clip counts after all K pre-clip ones: [2, 1, K, 1]
             self.bin_offset = torch.arange(2 * k, device=dev, dtype=torch.int32).view(2, 1, k, 1) * _N_VALUE_BINS
         # a step's numbers in the epoch's table: loss, finite, then (recording) pre, clipped, frac, (detail) post
@@ -315,14 +316,14 @@ class Engine:
                 return None
             self._compiled_epoch(xs, ys, table)
             n_buf = self.steps_per_epoch if hist else 0
+        shared = self.net is None and xs.dim() == self.x.dim()  # rnn, one seed: rows shared by every run
+        batches = zip(xs.split(self.batch, 0 if shared else 1), ys.split(self.batch, 1), strict=True)
         for s in range(0 if whole else self.steps_per_epoch):
             stopped, last_hold = self._interrupted(last_hold)
             if stopped:
                 return None
-            lo, hi = s * self.batch, min(self.n, (s + 1) * self.batch)
-            xb = xs[lo:hi] if self.net is None and xs.dim() == self.x.dim() else xs[:, lo:hi]  # rnn: shared rows
-            slots = (self.hist_buf[0, n_buf], self.hist_buf[1, n_buf]) if hist else (None, None)
-            loss, ok, stats = self._step_fn(xb, ys[:, lo:hi], *slots)
+            xb, yb = next(batches)
+            loss, ok, stats = self._step_fn(xb, yb, *(self.hist_slots[n_buf] if hist else (None, None)))
             self._write_row(table[s], loss, ok, clipping.ClipStats(*stats))
             if hist:
                 n_buf += 1

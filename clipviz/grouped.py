@@ -63,6 +63,7 @@ class GroupedMLP:
         self.depth = len(ws) // 2 - 2  # hidden-to-hidden layers (model depth - 1)
         # first layer, weight and bias side by side per run: [K, H, in+1], viewed per group as [G, d*H, in+1]
         self.w1 = torch.empty(k, h, n_in + 1, device=flat.device, dtype=flat.dtype)
+        self.w1_w, self.w1_b = self.w1[..., :n_in], self.w1[..., n_in]  # views, built once (fewer ops a step)
         self.dw1 = torch.empty(groups, n_in + 1, self.d * h, device=flat.device, dtype=flat.dtype)
         # ^ [G, in+1, d*H]: dW1 and db1 from one bmm, transposed (X^T dZ^T: measured 1.5x faster than dZ X here)
         dw1 = self.dw1.view(groups, n_in + 1, self.d, h)
@@ -70,6 +71,7 @@ class GroupedMLP:
         self.gb1_src, self.gb1_dst = dw1[:, n_in], gs[1].view(groups, self.d, h)
         self.hidden = [(ws[2 * i], ws[2 * i + 1].unsqueeze(-1)) for i in range(1, self.depth + 1)]  # [K,H,H], [K,H,1]
         self.wo, self.bo = ws[-2], ws[-1].unsqueeze(-1)  # [K, 1, H], [K, 1, 1]
+        self.wo_t = self.wo.transpose(1, 2)  # [K, H, 1]
 
     def forward(self, x: Tensor, keep: bool = True) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
         """Predictions [K, 1, B] and each hidden layer's (pre-activation, activation), [K, H, B] each.
@@ -80,8 +82,8 @@ class GroupedMLP:
         act = self.act if keep else self.act_inplace
         g, k = self.g, self.g * self.d
         # one copy into GEMM layout: flat holds each run's weights in a row of P, not as a [d*H, in] block
-        self.w1[..., : self.n_in].copy_(self.ws[0])
-        self.w1[..., self.n_in].copy_(self.ws[1])
+        self.w1_w.copy_(self.ws[0])
+        self.w1_b.copy_(self.ws[1])
         if x.dim() == 2:  # rows shared by every run (validation): one GEMM for all K runs
             z = torch.mm(self.w1.view(-1, self.n_in + 1), x.t()).view(k, self.h, -1)  # [K, H, B]
         else:
@@ -109,7 +111,7 @@ class GroupedMLP:
         # bmm into a view of grad (batch stride P) takes a per-run slow path: ~20x slower, measured; copy instead
         gs[-2].copy_(torch.bmm(dz, saved[-1][1].transpose(1, 2)))  # [K, 1, H]
         # into the last hidden layer through the width-1 output: an outer product, cheaper than a bmm
-        da = self.wo.transpose(1, 2) * dz  # [K, H, B]
+        da = self.wo_t * dz  # [K, H, B]
         for i in range(self.depth, 0, -1):
             z, a = saved[i]
             dz = self.act_bwd(da, z, a)
