@@ -188,7 +188,7 @@ def _subtitle(fig: go.Figure, text: str) -> None:
     """A line under the title in the non-finite colour (e.g. which runs have no panel, and why), the top margin
     grown to fit it over two-line panel titles."""
     fig.update_layout(title_subtitle=dict(text=text, font=dict(size=_FONT, color=NONFINITE_COLOR)))
-    fig.update_layout(margin_t=(fig.layout.margin.t or 90) + 30)
+    fig.update_layout(margin_t=(fig.layout.margin.t or 90) + 30, height=(fig.layout.height or 450) + 30)
 
 
 def empty_figure(message: str, height: int = 400) -> go.Figure:
@@ -541,7 +541,8 @@ def value_histogram(
     fig.update_xaxes(range=[_V_LEFT[0] - 0.2, x_nan + 0.6])
     _x_title(fig, "element value (symlog: linear near 0)", n_rows, n_cols)
     fig.update_yaxes(type="log", exponentformat="e", autorange=True)  # else a fixed x range freezes y at [0.1, 1e4]
-    fig.update_yaxes(dtick=1)  # one label per decade: no 2s and 5s in small panels
+    # one label per decade (no 2s and 5s in small panels), every other decade past 1e4 elements
+    fig.update_yaxes(dtick=2 if max(p[3].max() for p in panels) > 1e4 else 1)
     fig.update_yaxes(title="elements", col=1)
     fig.update_layout(barmode="overlay")
     when = "all epochs" if epoch is None else f"epoch {epoch}"
