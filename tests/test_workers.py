@@ -83,6 +83,30 @@ def test_pause_step_and_stop_cross_the_process_boundary(pool):
     assert len(s.results[1].records) == s.epoch  # every finished epoch came back
 
 
+def test_pause_on_a_shared_worker_stops_at_an_epoch_boundary_and_its_worker_mate_goes_on(pool):
+    # one more flat-out job than workers: two of them share a worker (the loop alternates their epochs)
+    jobs = [Job(_runs(1000), device="cpu", executor=pool).start() for _ in range(pool.size + 1)]
+    try:
+        for j in jobs:
+            j.wait_until(lambda s: s.epoch >= 1, T)
+        shared = next(w for w in pool.workers if len(w.tasks) == 2)
+        mine, mate = [j for j in jobs if j in shared.tasks.values()]
+        mine.pause()
+        paused = mine.wait_until(lambda s: s.state == "paused", T)
+        mate_at = mate.snapshot().epoch
+        mate.wait_until(lambda s: s.epoch >= mate_at + 5, T)  # the worker-mate keeps training
+        s = mine.snapshot()
+        assert s.state == "paused" and s.epoch == paused.epoch  # no epoch, and no part of one, while paused
+        # whole epochs only, for every run that trains on ('none' diverges in epoch 1 and stops there)
+        assert [len(r.records) for r in s.results[1:]] == [s.epoch] * 2
+        mine.resume()
+        mine.wait_until(lambda s: s.epoch >= paused.epoch + 2 and s.state == "running", T)
+    finally:
+        for j in jobs:
+            j.stop()
+        assert all(j.join(T) for j in jobs)
+
+
 def test_pacer_controls():
     p = Pacer(speed=2.0)
     assert p.wait(0.0) == 0.0
@@ -111,6 +135,7 @@ def test_kill_9_fails_the_job_keeps_its_epochs_and_the_next_job_runs(pool):
     assert [r.epoch for r in s.results[1].records] == list(range(1, s.epoch + 1))
     assert victim.proc.pid not in pool.pids() and all(p in pool.pids() for p in others)
     assert len(pool.pids()) == pool.size  # replaced
+    assert pool.wait_ready(T)  # the replacement warms up (imports torch) by itself, before any job is sent to it
     # the next jobs run, on the surviving worker and on the replacement once it is warm
     nxt = [Job(_runs(3), device="cpu", executor=pool).start() for _ in range(pool.size)]
     for j in nxt:
