@@ -101,9 +101,13 @@ class RunStore:
             self._expire(db)
             db.execute("INSERT OR REPLACE INTO owners VALUES (?, ?)", (owner, time.time()))
 
-    def _db(self) -> sqlite3.Connection:
-        # a connection per operation: streamlit runs each rerun in its own thread
-        return _Tx(sqlite3.connect(self.path, timeout=15, isolation_level=None))
+    def _db(self, write: bool = True) -> sqlite3.Connection:
+        # a connection per operation: streamlit runs each rerun in its own thread. Reads take a deferred
+        # transaction: in WAL mode it reads one snapshot without the write lock, so every session's polls
+        # (several reads a second each) do not queue on it behind each other and behind the writers
+        return _Tx(
+            sqlite3.connect(self.path, timeout=15, isolation_level=None), "BEGIN IMMEDIATE" if write else "BEGIN"
+        )
 
     def _expire(self, db) -> None:
         cutoff = time.time() - self.ttl_days * 86400
@@ -193,12 +197,12 @@ class RunStore:
     # ---- reading ------------------------------------------------------------------------------------
     def ids(self) -> list[int]:
         """This owner's run ids, oldest first."""
-        with self._db() as db:
+        with self._db(write=False) as db:
             return [r[0] for r in db.execute("SELECT id FROM runs WHERE owner = ? ORDER BY id", (self.owner,))]
 
     def get(self, ids: list[int] | None = None) -> list[StoredRun]:
         """This owner's runs with these ids (all when None), oldest first."""
-        with self._db() as db:
+        with self._db(write=False) as db:
             rows = db.execute(f"SELECT {_COLS} FROM runs WHERE owner = ? ORDER BY id", (self.owner,)).fetchall()
             want = None if ids is None else set(ids)
             rows = [r for r in rows if want is None or r[0] in want]
@@ -213,17 +217,17 @@ class RunStore:
 
     def next_job(self) -> int:
         """The number the owner's next job gets (one more than any stored)."""
-        with self._db() as db:
+        with self._db(write=False) as db:
             return db.execute("SELECT COALESCE(MAX(job), 0) + 1 FROM runs WHERE owner = ?", (self.owner,)).fetchone()[0]
 
     def latest_job_ids(self) -> list[int]:
-        with self._db() as db:
+        with self._db(write=False) as db:
             return [r[0] for r in db.execute(
                 "SELECT id FROM runs WHERE owner = ? AND job = (SELECT MAX(job) FROM runs WHERE owner = ?) ORDER BY id",
                 (self.owner, self.owner))]  # fmt: skip
 
     def __len__(self) -> int:
-        with self._db() as db:
+        with self._db(write=False) as db:
             return db.execute("SELECT COUNT(*) FROM runs WHERE owner = ?", (self.owner,)).fetchone()[0]
 
     def _run(self, row: tuple, text: str | None) -> StoredRun:
@@ -264,13 +268,13 @@ def _json_ids(ids) -> str:
 
 
 class _Tx:
-    """`with store._db() as db`: one transaction (BEGIN IMMEDIATE ... COMMIT/ROLLBACK), then close."""
+    """`with store._db() as db`: one transaction (BEGIN IMMEDIATE, or BEGIN for reads ... COMMIT/ROLLBACK), then close."""
 
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
+    def __init__(self, db: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE"):
+        self.db, self.begin = db, begin
 
     def __enter__(self) -> sqlite3.Connection:
-        self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute(self.begin)
         return self.db
 
     def __exit__(self, exc_type, *_) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from dataclasses import replace
 
@@ -108,3 +109,24 @@ def test_a_history_file_from_before_job_keys_is_upgraded_and_keeps_its_runs(tmp_
     first, _ = reopened.add([_result("norm:1")], "done", job_key="2:1")
     again, _ = reopened.add([_result("norm:1")], "done", job_key="2:1")
     assert again == first and len(reopened) == 2
+
+
+def test_reads_do_not_queue_behind_a_writer(tmp_path):
+    # every session's polls read the history several times a second: they must not wait for the write lock
+    path, owner = tmp_path / "h.db", "d" * 32
+    store = RunStore(path, owner)
+    store.add([_result("value:1")], "done")
+    writer = sqlite3.connect(path, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # holds the write lock, as another session's store.add does
+        writer.execute("UPDATE runs SET note = 'not committed'")
+        seen: list = []
+        reader = threading.Thread(target=lambda: seen.append((store.ids(), store.get(), len(store))))
+        reader.start()
+        reader.join(5.0)  # a deadline on the read finishing (a read taking the write lock waits 15 s, then fails)
+        assert seen, "a read waited for the writer's lock"
+        ids, runs, n = seen[0]
+        assert n == 1 and [r.id for r in runs] == ids and runs[0].note == ""  # the last committed snapshot
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
