@@ -190,16 +190,22 @@ def gradient_chart(results, view: str, post: bool) -> None:
         fig = figure(charts.norm_distribution_grid, results, post=post, height=chart_h)
     else:
         last = max((r.final.epoch for r in results if r.final), default=1)
-        chosen, shown_last = st.session_state.get("hist_epoch"), st.session_state.get("hist_last")
-        # follow the newest epoch while training unless the slider was moved off it
-        epoch = last if chosen is None or chosen == shown_last else min(max(1, int(chosen)), last)
-        st.session_state.hist_epoch, st.session_state.hist_last = epoch, last
+        total = max([last, *(r.spec.optim.epochs for r in results)])  # the slider's range: fixed for a job
+        # 'Newest epoch' follows the training; off, the slider picks one. The server never writes the slider's
+        # value: a value set from the server each epoch came back from the browser stale (stuck at 47 of 100)
+        follow = st.session_state.get("hist_follow", True)
+        epoch = last if follow else min(max(1, int(st.session_state.get("hist_epoch") or last)), last)
         hist = charts.epoch_histogram if view == "One epoch" else charts.value_histogram
         fig = figure(hist, results, epoch, post=post, height=chart_h)
     st.plotly_chart(fig, key="chart_view")
     st.caption(charts.CAPTIONS[view])
-    if epoch is not None and last > 1:
-        st.slider("Epoch", 1, last, key="hist_epoch")
+    if epoch is not None and total > 1:
+        c1, c2 = st.columns(2, vertical_alignment="bottom")
+        c1.toggle("Newest epoch", value=True, key="hist_follow", help="follow the training; off: pick an epoch")
+        if not follow:
+            c2.slider(
+                "Epoch", 1, total, value=epoch, key="hist_epoch", help="an epoch not trained yet shows the newest"
+            )
 
 
 def live_status() -> None:

@@ -177,6 +177,23 @@ def test_train_streams_records_into_the_history():
     assert at.session_state["shown_ids"] == store.ids()  # the finished job is on the charts
 
 
+def _view_title(at: AppTest) -> str:
+    """The gradient chart's title (the plotly figure the page was sent)."""
+    return json.loads(at.get("plotly_chart")[1].proto.spec)["layout"]["title"]["text"]
+
+
+def test_values_follow_the_newest_epoch_until_the_user_picks_one():
+    at = _app()
+    assert _train(at, epochs=3).join(JOIN_S)
+    at.session_state["view"] = "Values"
+    at.run()
+    assert "epoch 3" in _view_title(at) and "hist_epoch" not in [w.key for w in at.slider]  # following: no slider
+    at.toggle(key="hist_follow").set_value(False).run()  # off: the slider appears at the newest epoch
+    assert at.slider(key="hist_epoch").value == 3
+    at.slider(key="hist_epoch").set_value(1).run()
+    assert "epoch 1" in _view_title(at)
+
+
 def test_stop_keeps_what_was_trained():
     at = _app()
     job = _train(at, epochs=200, speed="10")

@@ -216,6 +216,7 @@ def test_pictures_fit_the_screen_and_tell_the_story(server, browser, tmp_path, r
             page.locator(".st-key-repeat_seeds button:visible").click()
             _seeds_done(page, timeout_ms=90_000)
             bu.wait_chart_title(page, "chart_loss", "Spread over seeds")
+            bu.wait_chart_title(page, "chart_view", "epoch 100")  # Values follows the job to its end (it stuck at 52)
             rows = page.locator(".cv-status table tbody tr").all_inner_texts()
             assert len(rows) == 3 and "5/5" in rows[0] and "0/5" in rows[1] and "0/5" in rows[2], rows
             left, top, right, bottom = bu.box(page, "chart_loss")
