@@ -123,7 +123,9 @@ def executors(args) -> None:
         ray.shutdown()
     except ImportError:
         print("ray not installed: pip install -r requirements-ray.txt (Ray row skipped)")
-    print(f"sweep: {len(ref.runs)} runs, chunks {[len(c) for c in chunks]}, 100 epochs, {os.cpu_count()} cores")
+    two = [len(c) for c in plan_chunks(sweep, args.chunk_size, parallel=2)]  # run_sweep: one chunk per worker
+    print(f"sweep: {len(ref.runs)} runs, chunks {[len(c) for c in chunks]} (2 workers: {two}), 100 epochs, "
+          f"{os.cpu_count()} cores")  # fmt: skip
     print(f"{'executor':28s} {'wall s':>8s} {'worker CPU-s':>13s}  load average before -> after")
     for name, t, cpu, before, after in rows:
         c = "-" if cpu is None else f"{cpu:.2f}"

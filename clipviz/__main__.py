@@ -327,7 +327,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     ranges = {s: per.get(s) or every or DEFAULT_RANGES[s] for s in strategies}
     sweep = make_sweep(base_spec(args), strategies, ranges, args.seeds, lrs=args.lrs, batch_sizes=args.batch_sizes)
     n = len(sweep.points())
-    chunks = plan_chunks(sweep, args.chunk_size)
+    parallel = (args.workers or workers_from_env()) if args.executor == "process" else 1
+    chunks = plan_chunks(sweep, args.chunk_size, parallel=parallel)
     print(f"sweeping {n} runs in {len(chunks)} lockstep job(s): {', '.join(sweep.strategies)} + none", file=sys.stderr)
     from .executors import ChunkExecutor, WorkerPool
 
@@ -337,7 +338,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         executor = RayExecutor(args.ray_address, device=args.device)
     elif args.executor == "process":
-        pool = WorkerPool(min(args.workers or workers_from_env(), len(chunks)))
+        pool = WorkerPool(min(parallel, len(chunks)))
         executor = ChunkExecutor(pool, device=args.device)
     else:
         executor = LocalExecutor(args.device)

@@ -88,6 +88,8 @@ class RayExecutor:
             ray.init(address=address, runtime_env=runtime_env(), log_to_driver=False, include_dashboard=False)
         self.ray = ray
         self.device, self.record = device, record  # for map(): see clipviz.sweep.train_chunk
+        # chunks the cluster trains at once (one CPU each): run_sweep splits a sweep into at least that many
+        self.parallel = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._actor = ray.remote(num_cpus=1)(EpochActor)
         self._chunk = ray.remote(num_cpus=1)(chunk_stream)
         self._tids = itertools.count(1)

@@ -216,8 +216,13 @@ def point_spec(sweep: SweepSpec, point: SweepPoint) -> RunSpec:
     return replace(sweep.base, optim=optim, clip=clip, seed=point.seed, label=f"{clip.label}{tag} seed={point.seed}")
 
 
-def plan_chunks(sweep: SweepSpec, chunk_size: int = DEFAULT_CHUNK, caps: Caps | None = None) -> list[list[SweepPoint]]:
+def plan_chunks(
+    sweep: SweepSpec, chunk_size: int = DEFAULT_CHUNK, caps: Caps | None = None, parallel: int = 1
+) -> list[list[SweepPoint]]:
     """Split the points into lockstep jobs of at most chunk_size runs (and the caps).
+
+    `parallel`: how many chunks the executor trains at once (its worker processes). The clipping runs are then
+    split into at least that many chunks, so no worker sits idle while one trains a single wide job.
 
     Runs differing in batch size cannot share a lockstep job. The 'none' runs get chunks of their own: they
     end as soon as they diverge (epoch 1 on the tutorial), where in a shared job a frozen run still costs its
@@ -246,6 +251,8 @@ def plan_chunks(sweep: SweepSpec, chunk_size: int = DEFAULT_CHUNK, caps: Caps | 
     out = []
     for (bs, _), g in shared.items():
         most = min(size, fit[bs])
+        if parallel > 1 and g[0].strategy != "none":
+            most = min(most, max(1, -(-len(g) // parallel)))  # one chunk per worker
         if len(g) <= most:
             out.append(g)
             continue
@@ -461,7 +468,8 @@ def run_sweep(
 ) -> SweepResult:
     """Train the sweep chunk by chunk; on_chunk sees the partial result after each chunk (cancel from there)."""
     executor = executor or LocalExecutor(device)
-    chunks = [[point_spec(sweep, p) for p in c] for c in plan_chunks(sweep, chunk_size)]
+    parallel = getattr(executor, "parallel", 1)  # the pool's workers (ChunkExecutor); in-process: 1
+    chunks = [[point_spec(sweep, p) for p in c] for c in plan_chunks(sweep, chunk_size, parallel=parallel)]
     total = sum(len(c) for c in chunks)
     epochs = sweep.base.optim.epochs
     result, t0 = SweepResult(sweep), time.perf_counter()

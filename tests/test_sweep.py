@@ -62,6 +62,9 @@ def test_clipping_strategies_share_a_chunk_that_fits_them_and_none_trains_apart(
     assert [len(c) for c in chunks] == [2, 12]
     split = plan_chunks(sweep, chunk_size=11)  # too many for one chunk: one strategy per chunk, as before
     assert [sorted({p.strategy for p in c}) for c in split] == [["none"], ["value"], ["norm"]]
+    two = plan_chunks(sweep, chunk_size=12, parallel=2)  # two workers: one clipping chunk each, not one idle
+    assert [sorted({p.strategy for p in c}) for c in two] == [["none"], ["value"], ["norm"]]
+    assert sorted(map(len, two)) == [2, 6, 6]
 
 
 def test_batch_size_axis_splits_lockstep_jobs():
