@@ -288,10 +288,14 @@ def selected(page, key: str) -> str:
 
 
 def slider_to(page, key: str, steps_from_min: int, timeout_ms: float = 15_000) -> None:
-    """Put a slider at its minimum, then `steps_from_min` steps right (keyboard: Home, ArrowRight...).
-    Each key may rerun the script; keys pressed during that rerun can be lost: check the result."""
+    """Put a slider at its minimum, then `steps_from_min` steps right (keyboard: Home, ArrowRight...), and wait
+    for the script run that takes the new value. Keys pressed during another run can be lost: callers wait for
+    what the value should change (e.g. the link), not only for this."""
     thumb = page.locator(f'.st-key-{key} input[type="range"]').first  # visually hidden, keyboard-driven
-    before = thumb.get_attribute("aria-valuenow")
+    target = thumb.evaluate("(el, n) => String(Number(el.min) + n * Number(el.step || 1))", steps_from_min)
+    if thumb.input_value() == target:
+        return  # already there: no value is sent, so no rerun to wait for
+    wait_idle(page, timeout_ms)
 
     def keys():
         thumb.focus()
@@ -299,10 +303,6 @@ def slider_to(page, key: str, steps_from_min: int, timeout_ms: float = 15_000) -
         for _ in range(steps_from_min):
             thumb.press("ArrowRight")
 
-    if before == thumb.evaluate(
-        "(el, n) => String(Number(el.getAttribute('aria-valuemin')) + n * Number(el.step || 1))", steps_from_min
-    ):
-        return  # already there: no value is sent, so no rerun to wait for
     after_rerun(page, keys, timeout_ms)  # the slider sends its value when the keys stop (a blur here lost it)
 
 

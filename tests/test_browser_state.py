@@ -68,6 +68,16 @@ def _open(page, key: str) -> bool:
     )
 
 
+def _wait_link(page, key: str, want: str, timeout_ms: float = 15_000) -> None:
+    """Until the link holds key=want (the run that writes it can start after the page first looks idle)."""
+    try:
+        page.wait_for_function("([k, v]) => new URLSearchParams(location.search).get(k) === v", arg=[key, want],
+                               timeout=timeout_ms)  # fmt: skip
+    except Exception:  # playwright's TimeoutError: the assertion says what the link holds instead
+        pass
+    assert parse_qs(urlparse(page.url).query).get(key) == [want], page.url
+
+
 def _labels(page) -> list[str]:
     return list(bu.status_by_run(page))
 
@@ -86,12 +96,12 @@ def test_long_session_pins_seeds_history_sweep_export(browser, server):
             elif i == 12:
                 bu.pick(page, "preset", "diabetes")
                 bu.slider_to(page, "epochs", 0)  # the preset says 100 epochs: 1 keeps the session short
-                assert parse_qs(urlparse(page.url).query)["epochs"] == ["1"], page.url
+                _wait_link(page, "epochs", "1")
                 _train(page)
             elif i == 20:
                 bu.pick(page, "preset", "tutorial")
                 bu.slider_to(page, "epochs", 0)
-                assert parse_qs(urlparse(page.url).query)["epochs"] == ["1"], page.url
+                _wait_link(page, "epochs", "1")
                 _train(page)
             else:
                 _train(page)

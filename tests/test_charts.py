@@ -250,7 +250,9 @@ def test_seed_band_groups_seeds_and_counts_divergence():
     assert medians[0].y[2] == pytest.approx(np.median([4.0, 2.0, 6.0]) * 1.1)  # finite seeds only, val_loss
     bands = [t for t in fig.data if t.fill == "tonexty"]
     assert len(bands) == 2
-    assert sum(1 for t in fig.data if t.mode == "markers") == 2  # one red x per diverged seed
+    marks = [t for t in fig.data if t.mode == "markers"]
+    assert len(marks) == 2  # one x per diverged seed, in its strategy's colour (a red-orange x read as value's)
+    assert {t.marker.color for t in marks} == {medians[0].line.color}
     assert "diverged at epoch 2, step 3" in _texts(fig)
 
 

@@ -121,8 +121,19 @@ def _marks(xs, ys, hover, text=None, symbol: Any = "x", group: str = "", pos: st
                       textfont=dict(color=NONFINITE_COLOR, size=_FONT))  # fmt: skip
 
 
-def _bad_points(xs, ys, log: bool, top: float, bottom: float, res: RunResult, what: str, group: str = ""):
-    """Markers at the plot's edge for the values an axis cannot show, or None when there are none."""
+def _in_colour(mark: go.Scatter, color: str | None) -> go.Scatter:
+    """A marker in its run's colour, outlined in black (a grey 'none' still reads as a marker); red if None."""
+    if color:
+        mark.marker.color, mark.marker.line = color, dict(width=1.5, color="black")
+        mark.textfont.color = color
+    return mark
+
+
+def _bad_points(
+    xs, ys, log: bool, top: float, bottom: float, res: RunResult, what: str, group: str = "", color: str | None = None
+):
+    """Markers at the plot's edge for the values an axis cannot show (in the run's colour when given: a class
+    reads a red-orange x as the value run's), or None when there are none."""
     bad = [(x, v) for x, v in zip(xs, ys, strict=True) if not _ok(v, log)]
     if not bad:
         return None
@@ -131,7 +142,8 @@ def _bad_points(xs, ys, log: bool, top: float, bottom: float, res: RunResult, wh
     why = [" (not shown on a log axis)" if math.isfinite(v) else note for _, v in bad]
     hover = [f"{res.label}<br>epoch {x}: {what} = {_fmt(v)}{w}" for (x, v), w in zip(bad, why, strict=True)]
     sym = ["x" if not math.isfinite(v) else "triangle-down" for _, v in bad]
-    return _marks([x for x, _ in bad], [bottom if lw else top for lw in low], hover, symbol=sym, group=group)
+    return _in_colour(_marks([x for x, _ in bad], [bottom if lw else top for lw in low], hover, symbol=sym, group=group),
+                      color)  # fmt: skip
 
 
 def _div_marker(
@@ -141,10 +153,7 @@ def _div_marker(
     (red otherwise), outlined in black so a grey 'none' still reads as a marker."""
     mark = _marks([res.diverged[0]], [y], [f"{res.label}: {_diverged_text(res)}"], [text] if text else None,
                   group=group, pos=pos)  # fmt: skip
-    if color:
-        mark.marker.color, mark.marker.line = color, dict(width=1.5, color="black")
-        mark.textfont.color = color
-    return mark
+    return _in_colour(mark, color)
 
 
 # one line under each chart: what you are looking at, for a class that has not read the docs
@@ -295,7 +304,7 @@ def loss_curves(
         name = res.label if first else f"{res.label} {kind}"
         fig.add_trace(_line(xs, _smooth(ys, smoothing), name, c, hover, log_y, dash, legendgroup=res.label,
                             showlegend=first, customdata=ys, mode="lines" if many else "lines+markers"))  # fmt: skip
-        bad = _bad_points(xs, ys, log_y, top, bottom, res, f"{kind} loss", res.label)
+        bad = _bad_points(xs, ys, log_y, top, bottom, res, f"{kind} loss", res.label, color=c)
         if bad:
             fig.add_trace(bad)
     for kind in which if len(which) > 1 else ():  # legend entries for the line styles, in black
@@ -585,8 +594,9 @@ def seed_band(
         fig.add_trace(_line(epochs, q[1], name, c, hover, log_y, customdata=iqr))
         for res in bad:
             ys = [float(getattr(r, metric)) for r in res.records]
-            mark = _bad_points([r.epoch for r in res.records], ys, log_y, top, bottom, res, metric, name)
-            fig.add_trace(mark or _div_marker(res, top, name))  # diverged with a finite metric: mark where it stopped
+            mark = _bad_points([r.epoch for r in res.records], ys, log_y, top, bottom, res, metric, name, color=c)
+            # diverged with a finite metric: mark where it stopped
+            fig.add_trace(mark or _div_marker(res, top, name, color=c))
     fig.update_xaxes(**_epoch_axis(results))
     fig.update_yaxes(title=f"{metric} (median, IQR band)", type="log" if log_y else "linear")
     return _style(fig, f"Spread over seeds: {metric}", height, f"seeds:{metric}:{log_y}")
