@@ -324,11 +324,27 @@ GRID_ROW_PX, GRID_HEADER_PX, GRID_SMALL_PX = 35, 35, 64  # row and header height
 
 def history_click(page, row: int, column: str, timeout_ms: float = 15_000) -> None:
     """Click the 'show' or 'pin' box of a History row (0 = newest): the grid is a canvas, so by position
-    (clipviz.ui.history_view gives those columns a fixed width)."""
+    (clipviz.ui.history_view gives those columns a fixed width). Waits for the run the edit starts and, for a
+    pin, until the caption's pinned count has changed (a run seen may be an earlier action's)."""
+    wait_idle(page, timeout_ms)
     box = page.locator(HISTORY_GRID).first.bounding_box()
     x = box["x"] + GRID_SMALL_PX * (0.5 if column == "show" else 1.5)
+    before = pinned_count(page)
     # the grid sends its edit on a short debounce, then the script reruns: wait for that run, not a fixed time
     after_rerun(page, lambda: page.mouse.click(x, box["y"] + GRID_HEADER_PX + GRID_ROW_PX * (row + 0.5)), timeout_ms)
+    if column == "pin":
+        page.wait_for_function(
+            "(n) => { const m = (document.querySelector('[data-testid=\"stMain\"]')?.innerText || '')"
+            ".match(/(\\d+) pinned/); return m && Number(m[1]) !== n; }",
+            arg=before,
+            timeout=timeout_ms,
+        )
+
+
+def pinned_count(page) -> int:
+    """'N pinned' from the History tab's caption (0 when it does not say)."""
+    m = re.search(r"(\d+) pinned", page.locator('[data-testid="stMain"]').inner_text())
+    return int(m.group(1)) if m else 0
 
 
 def stored_count(page) -> int:

@@ -178,7 +178,8 @@ def render_history() -> None:
             args=(key, ids),
         )
         st.caption(
-            f"{len(runs)} runs kept in this browser's history (at most {store.cap}; the oldest unpinned go first; "
+            f"{len(runs)} runs kept in this browser's history, {sum(r.pinned for r in runs)} pinned "
+            f"(at most {store.cap}; the oldest unpinned go first; "
             f"unpinned runs older than {Caps.from_env().history_ttl_days} days expire). "
             + ("Highlighted: the settings that differ between runs." if diff else "")
         )
