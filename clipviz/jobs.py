@@ -59,6 +59,14 @@ def configure_torch_threads(n: int | None = None) -> int:
 
 
 # ---- what a JobManager runs ---------------------------------------------------------------------
+def _joined(thread: threading.Thread | None, timeout: float | None) -> bool:
+    """Join a job's thread (if it has one) within timeout; True once it has ended or never started."""
+    if thread is not None:
+        thread.join(timeout)
+        return not thread.is_alive()
+    return True
+
+
 class BackgroundJob:
     """A worker thread with a stop event, a state and a queue position: what a JobManager queues and caps.
 
@@ -113,11 +121,7 @@ class BackgroundJob:
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the worker thread to end; True if it has (or never started)."""
-        t = self._thread
-        if t is not None:
-            t.join(timeout)
-            return not t.is_alive()
-        return True
+        return _joined(self._thread, timeout)
 
     # ---- controls (any thread) ----------------------------------------------------------------------
     def start(self):
@@ -316,11 +320,7 @@ class Job(BackgroundJob):
                 return True
             if not self._cond.wait_for(lambda: self._released, timeout):
                 return False
-        t = self.thread
-        if t is not None:
-            t.join(timeout)
-            return not t.is_alive()
-        return True
+        return _joined(self.thread, timeout)
 
     # ---- controls (any thread) ----------------------------------------------------------------------
     def start(self):

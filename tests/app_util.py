@@ -19,3 +19,14 @@ def open_app(**query) -> AppTest:
 
 def assert_ok(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
+
+
+def press_five_seeds(at: AppTest, epochs: int = 2):
+    """Short epochs at full speed, then '5 seeds': the job it starts trains every strategy on seeds 1-5."""
+    at.slider(key="epochs").set_value(epochs)
+    at.select_slider(key="speed").set_value("max")
+    at.button(key="repeat_seeds").click().run()
+    assert_ok(at)
+    job = at.session_state["job"]
+    assert len(job.runs) == 15 and {r.seed for r in job.runs} == {1, 2, 3, 4, 5}
+    return job

@@ -16,7 +16,7 @@ from clipviz.config import STRATEGIES, TUTORIAL, Caps, ClipSpec, RunSpec
 from clipviz.jobs import Job
 from clipviz.records import EpochRecord, RunResult, loads
 from clipviz.ui import controls, export
-from tests.app_util import JOIN_S
+from tests.app_util import JOIN_S, press_five_seeds
 from tests.app_util import assert_ok as _ok
 from tests.app_util import open_app as _app
 
@@ -286,12 +286,7 @@ def test_preset_and_five_seeds_load_into_the_controls():
     assert at.session_state["dataset"] == "adding" and at.slider(key="epochs").value == 30
     assert not at.error, _errors(at)
     at.selectbox(key="preset").set_value("tutorial").run()
-    at.slider(key="epochs").set_value(2)
-    at.select_slider(key="speed").set_value("max")
-    at.button(key="repeat_seeds").click().run()
-    _ok(at)
-    job = at.session_state["job"]
-    assert len(job.runs) == 15 and {r.seed for r in job.runs} == {1, 2, 3, 4, 5}
+    job = press_five_seeds(at)
     assert job.join(JOIN_S)
     at.run()
     _ok(at)

@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 from clipviz.__main__ import base_spec, build_parser
 from clipviz.config import PRESETS, TUTORIAL_CLIPS, Caps, ClipSpec, with_clips
 from clipviz.ui import controls
-from tests.app_util import JOIN_S
+from tests.app_util import JOIN_S, press_five_seeds
 from tests.app_util import assert_ok as _ok
 from tests.app_util import open_app as _app
 
@@ -112,12 +112,7 @@ def _train(at: AppTest, epochs: int, speed: str = "max"):
 
 def test_five_seeds_is_a_one_off():
     at = _app()
-    at.slider(key="epochs").set_value(2)
-    at.select_slider(key="speed").set_value("max")
-    at.button(key="repeat_seeds").click().run()
-    _ok(at)
-    job = at.session_state["job"]
-    assert len(job.runs) == 15 and {r.seed for r in job.runs} == {1, 2, 3, 4, 5}
+    job = press_five_seeds(at)
     assert job.join(JOIN_S)
     at.run()
     assert "n_seeds" not in at.query_params and at.slider(key="n_seeds").value == 1
