@@ -333,38 +333,38 @@ def history_click(page, row: int, column: str, timeout_ms: float = 15_000) -> No
     # the grid sends its edit on a short debounce, then the script reruns: wait for that run, not a fixed time
     after_rerun(page, lambda: page.mouse.click(x, box["y"] + GRID_HEADER_PX + GRID_ROW_PX * (row + 0.5)), timeout_ms)
     if column == "pin":
-        page.wait_for_function(
-            "(n) => { const m = (document.querySelector('[data-testid=\"stMain\"]')?.innerText || '')"
-            ".match(/(\\d+) pinned/); return m && Number(m[1]) !== n; }",
-            arg=before,
-            timeout=timeout_ms,
-        )
+        page.wait_for_function(_JS_COUNT, arg=[PINNED_RE, before, False], timeout=timeout_ms)
+
+
+# counts in the History tab's caption: 'N runs kept in this browser's history, P pinned'
+STORED_RE, PINNED_RE = r"(\d+) runs? kept in this browser", r"(\d+) pinned"
+_JS_COUNT = """([pattern, n, equal]) => {
+    const m = (document.querySelector('[data-testid="stMain"]')?.innerText || "").match(new RegExp(pattern));
+    if (!m) return equal && n === 0;  // no caption: a count of 0, never a change
+    return equal ? Number(m[1]) === n : Number(m[1]) !== n;
+}"""
+
+
+def _caption_count(page, pattern: str) -> int:
+    m = re.search(pattern, page.locator('[data-testid="stMain"]').inner_text())
+    return int(m.group(1)) if m else 0
 
 
 def pinned_count(page) -> int:
-    """'N pinned' from the History tab's caption (0 when it does not say)."""
-    m = re.search(r"(\d+) pinned", page.locator('[data-testid="stMain"]').inner_text())
-    return int(m.group(1)) if m else 0
+    """'P pinned' from the History tab's caption (0 when it does not say)."""
+    return _caption_count(page, PINNED_RE)
 
 
 def stored_count(page) -> int:
     """'N runs kept in this browser's history' from the History tab's caption (0 when it says none)."""
-    body = page.locator('[data-testid="stMain"]').inner_text()
-    m = re.search(r"(\d+) runs? kept in this browser", body)
-    return int(m.group(1)) if m else 0
-
-
-_JS_STORED = """(want) => {
-    const m = (document.querySelector('[data-testid="stMain"]')?.innerText || "").match(/(\\d+) runs? kept in this browser/);
-    return (m ? Number(m[1]) : 0) === want;
-}"""
+    return _caption_count(page, STORED_RE)
 
 
 def wait_stored(page, want: int, timeout_ms: float = 15_000) -> int:
     """stored_count once it reads `want`, or what it reads at the deadline: an action's rerun may not have
     started when the page first looks idle, so a count read at once can be the one from before the action."""
     try:
-        page.wait_for_function(_JS_STORED, arg=want, timeout=timeout_ms)
+        page.wait_for_function(_JS_COUNT, arg=[STORED_RE, want, True], timeout=timeout_ms)
     except Exception:  # playwright's TimeoutError: the caller's assertion shows what the page says instead
         pass
     return stored_count(page)
