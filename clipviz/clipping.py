@@ -29,6 +29,7 @@ the applied factors (exact in real arithmetic); value clipping measures it again
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -297,6 +298,7 @@ class Clipper:
             raise ValueError(f"unknown clipping strategy {sorted(unknown)[0]!r}; choose from {', '.join(STRATEGIES)}")
         thr, dev = thresholds.reshape(-1), thresholds.device
         self.layout, self.k, self.detail = layout, len(strategies), detail
+        self.strategies, self.thresholds, self.agc_eps = list(strategies), thr, agc_eps  # for subset()
         self.groups: list[tuple[slice | Tensor, _Rule]] = []  # (rows, rule) per strategy present, by first row
         for name in sorted(set(strategies), key=list(strategies).index):
             rows = _rows([i for i, s in enumerate(strategies) if s == name], dev)
@@ -306,6 +308,19 @@ class Clipper:
         self.tensor_norms = detail or any(rule.needs_tensor_norms for _, rule in self.groups)
         # every group a slice, in row order: they tile 0..K, so the groups' stats concatenate in place
         self.tiled = all(isinstance(rows, slice) for rows, _ in self.groups)
+
+    def subset(self, keep: Sequence[int]) -> Clipper:
+        """The same clipper for the runs `keep` only (sorted row indices), each stateful rule's history carried over."""
+        states, live = {}, set(keep)
+        for name, (_, rule) in zip(dict.fromkeys(self.strategies), self.groups, strict=True):
+            if isinstance(rule, _Stateful):
+                idx = [i for i, s in enumerate(self.strategies) if s == name]  # the group's rows, in order
+                local = [j for j, i in enumerate(idx) if i in live]
+                if local:  # else the whole group left
+                    states[name] = _state_rows(rule.state, torch.tensor(local, device=self.thresholds.device))
+        strategies = [self.strategies[i] for i in keep]
+        thr = self.thresholds[torch.tensor(list(keep), device=self.thresholds.device)]
+        return Clipper(strategies, thr, self.layout, states, agc_eps=self.agc_eps, detail=self.detail)
 
     @torch.no_grad()
     def __call__(self, g: Tensor, w: Tensor | None = None) -> ClipStats:
@@ -334,6 +349,20 @@ class Clipper:
                 if post is not None:
                     post[rows] = p
         return ClipStats(gn, tn if self.detail else None, post, clipped, frac)  # float64: read back as such
+
+
+# each stateful rule's per-run tensors (first dimension K); everything else in its state is shared by its runs
+_PER_RUN = {AutoClipState: ("q", "ring", "sorted", "count", "_inf", "threshold"),
+            ZClipState: ("z_thresh", "buf", "mean", "var", "threshold")}  # fmt: skip
+
+
+def _state_rows(state, rows: Tensor):
+    """A copy of a stateful rule's state for the runs `rows` only (the engine drops diverged runs)."""
+    out = copy.copy(state)
+    out.__dict__.pop("_core", None)  # make_clipper's flat core, built for the old K
+    for name in _PER_RUN[type(state)]:
+        setattr(out, name, getattr(state, name)[rows])
+    return out
 
 
 def _list_call(state, grads: list[Tensor], params: list[Tensor], strategy: str) -> ClipStats:

@@ -8,7 +8,7 @@ strategy group), optimizer step, all on one flat [K, P] parameter buffer and one
 (grouped.py: runs sharing a seed share one wide GEMM); the RNN uses autograd.
 Metrics stay on the device and are read back once per epoch. A run whose loss or
 gradient norm turns non-finite is marked diverged (epoch, step) and frozen; the
-others go on.
+others go on, and at the end of that epoch it leaves the batch (its records stand).
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ class Engine:
         keep_records: bool = True,  # the caller keeps every record (priced by the cost model); sweeps do not
         compile: bool = False,
         detail: bool = True,  # post-clip and per-layer norms per step: the dashboard draws them, a sweep keeps neither
+        compact: bool = True,  # drop diverged runs from the batch between epochs (False: they stay in it, frozen)
     ):
         self.runs = list(runs)
         caps = caps or Caps.from_env()
@@ -122,14 +123,7 @@ class Engine:
         key = [(strategies.index(r.clip.strategy), self.seeds.index(r.seed)) for r in self.runs]
         self.perm = sorted(range(k), key=key.__getitem__)  # stable
         self.inner = [self.runs[i] for i in self.perm]
-        # groups of d runs with one seed each; d = gcd of the same-seed stretches, so all groups are one size
-        stretches = [len(list(g)) for _, g in itertools.groupby(r.seed for r in self.inner)]
-        d = math.gcd(*stretches)
-        self.n_groups = k // d
-        group_seed = [self.seeds.index(self.inner[g * d].seed) for g in range(self.n_groups)]
-        self.group_seed = torch.tensor(group_seed, device=dev)  # [G] row of the epoch's order table
-        self.one_group_per_seed = group_seed == list(range(len(self.seeds)))  # then the order table is per group
-        self.run_seed = torch.tensor([self.seeds.index(r.seed) for r in self.inner], device=dev)  # [K]
+        self._seed_groups()
         per_run = [init_params(self.model, n_in, r.seed) for r in self.inner]
         self.layout = clipping.Layout([t.shape for t in per_run[0]], dev)
         # all K runs' parameters in one flat buffer [K, P] and their gradients in another: every
@@ -154,6 +148,30 @@ class Engine:
         self.div_step = torch.full((k,), -1, dtype=torch.long, device=dev)  # inner order, -1 = alive
         self.reported_dead: set[int] = set()  # caller's indices
         self.epoch = 0
+        self._hist_buffers()
+        # diverged runs leave the batch at the end of the epoch they are reported in (compact=False: they stay,
+        # frozen, as before; the tests compare both); their last parameters are kept for `params`
+        self.compact = compact
+        self.frozen: dict[int, Tensor] = {}  # caller's index -> a diverged run's parameters [P], once compacted
+        # a step's numbers in the epoch's table: loss, finite, then (recording) pre, clipped, frac, (detail) post
+        self.n_scalars = 2 + (3 if record else 0) + (1 if self.detail else 0)
+        # optional torch.compile (off by default: the dashboard never waits on a compile)
+        self._setup_compile(compile)
+
+    def _seed_groups(self) -> None:
+        """The inner runs' seed groups: G groups of d runs with one seed each (d = gcd of the same-seed
+        stretches, so all groups are one size), and each group's and run's row of the epoch's order table."""
+        stretches = [len(list(g)) for _, g in itertools.groupby(r.seed for r in self.inner)]
+        d = math.gcd(*stretches)
+        self.n_groups = len(self.inner) // d
+        group_seed = [self.seeds.index(self.inner[g * d].seed) for g in range(self.n_groups)]
+        self.group_seed = torch.tensor(group_seed, device=self.device)  # [G] row of the epoch's order table
+        self.one_group_per_seed = group_seed == list(range(len(self.seeds)))  # then the order table is per group
+        self.run_seed = torch.tensor([self.seeds.index(r.seed) for r in self.inner], device=self.device)  # [K]
+
+    def _hist_buffers(self) -> None:
+        """The value histograms' gradient buffers for the inner runs (when histograms are recorded)."""
+        k, dev = len(self.inner), self.device
         self.hist_steps = max(1, HIST_CHUNK // max(1, self.flat.numel()))  # steps buffered before binning
         if self.histograms:
             shape = (min(self.hist_steps, self.steps_per_epoch), k, self.layout.numel)
@@ -161,16 +179,42 @@ class Engine:
             self.hist_slots = list(zip(self.hist_buf[0], self.hist_buf[1], strict=True))  # views, built once
             # run k's pre-clip counts at k*bins, its post-clip counts after all K pre-clip ones: [2, 1, K, 1]
             self.bin_offset = torch.arange(2 * k, device=dev, dtype=torch.int32).view(2, 1, k, 1) * _N_VALUE_BINS
-        # a step's numbers in the epoch's table: loss, finite, then (recording) pre, clipped, frac, (detail) post
-        self.n_scalars = 2 + (3 if record else 0) + (1 if self.detail else 0)
-        # optional torch.compile (off by default: the dashboard never waits on a compile)
-        self._setup_compile(compile)
+
+    def _compact(self, div: np.ndarray) -> None:
+        """Drop the runs that diverged (div >= 0, inner order; reported this epoch) from the batch.
+
+        Every per-run buffer is cut to the live rows, in the same order: the parameters, the optimizer's and
+        the stateful clippers' state, the thresholds, the seed groups (their size d is recomputed), the
+        histogram buffers. A frozen run would otherwise pay its share of every GEMM, clip and update to the
+        end (the 3-way comparison's 'none' dies in epoch 1). Not under torch.compile (a new batch shape is a
+        new compile)."""
+        keep = [i for i, d in enumerate(div) if d < 0]
+        if not self.compact or self._compiling or len(keep) == len(self.perm) or not keep:
+            return
+        flat = self.flat.detach()
+        for i, r in enumerate(self.perm):
+            if div[i] >= 0:
+                self.frozen[r] = flat[i].clone()
+        rows = torch.tensor(keep, device=self.device)
+        self.perm, self.inner = [self.perm[i] for i in keep], [self.inner[i] for i in keep]
+        self.flat = flat.index_select(0, rows)
+        self.grad = torch.zeros_like(self.flat)
+        self.opt = self.opt.subset(self.flat, rows)
+        self.clipper = self.clipper.subset(keep)
+        self.alive, self.div_step = self.alive[rows], self.div_step[rows]
+        self._seed_groups()
+        if self.net is not None:
+            self.net = GroupedMLP(self.model.activation, self.layout, self.flat, self.grad, self.n_groups)
+        else:
+            self.flat.requires_grad_(True)
+        self._hist_buffers()
 
     @property
     def params(self) -> list[Tensor]:
-        """Per-tensor [K, ...] copies of the current parameters, in the caller's run order."""
-        inv = torch.tensor([self.perm.index(i) for i in range(self.k)], device=self.device)
-        return self.layout.split(self.flat.detach()[inv])
+        """Per-tensor [K, ...] copies of the current parameters, in the caller's run order (a diverged run's
+        as it was when it left the batch)."""
+        live = dict(zip(self.perm, self.flat.detach(), strict=True))
+        return self.layout.split(torch.stack([live[r] if r in live else self.frozen[r] for r in range(self.k)]))
 
     def _bin_into(self, counts: Tensor, n: int) -> None:
         """Add the value-bin counts of the n buffered steps (pre and post) into counts [2, K, bins]."""
@@ -266,7 +310,7 @@ class Engine:
         The whole epoch compiles as one graph where nothing must run between steps (no hold hook) and every
         step's gradients fit the histogram buffer; else the step alone compiles (Python runs the loop)."""
         self._step_fn, self.compile_note, self.compile_seconds = self._step, None, 0.0
-        self._epoch_c = None
+        self._epoch_c, self._compiling = None, False
         if not want:
             return
         why = compile_unsupported(
@@ -276,6 +320,7 @@ class Engine:
             self.compile_note = f"--compile: {why}; training eagerly"
             return
         self._compiled_shapes: set = set()
+        self._compiling = True  # the batch keeps its shape (no compaction): a new shape would compile again
         if self.hold is None and (not self.histograms or self.hist_buf.shape[1] == self.steps_per_epoch):
             self._epoch_c = torch.compile(self._all_steps, dynamic=False)
             return
@@ -289,13 +334,13 @@ class Engine:
             o = order if self.one_group_per_seed else order[self.group_seed]
             return self.x[o], self.y[o]
         if len(self.seeds) == 1:
-            return self.x[order[0]], self.y[order[0]].expand(self.k, -1)
+            return self.x[order[0]], self.y[order[0]].expand(len(self.perm), -1)
         rows = order[self.run_seed]  # [K, N]
         return self.x[rows], self.y[rows]
 
     def _epoch(self) -> list[EpochRecord] | None:
         """Train one epoch and return its records; None if stopped part-way (the epoch is dropped)."""
-        k, dev, rec, hist = self.k, self.device, self.record, self.histograms
+        k, dev, rec, hist = len(self.perm), self.device, self.record, self.histograms
         xs, ys = self._epoch_data()
         # per-step metrics go into buffers allocated once per epoch [S, K, ...], not lists of tiny tensors:
         # thousands of small live allocations between the big per-step temporaries fragment the CPU heap
@@ -348,13 +393,15 @@ class Engine:
             post, layer = (t[:, 5], t[:, 6:].transpose(0, 2, 1)) if self.detail else (None, None)  # [S, K], [S, K, L]
             host += [t[:, 2], post, layer, t[:, 3], t[:, 4], *hists]
         self.epoch += 1
-        return self._records(host)
+        recs = self._records(host)
+        self._compact(div_h)
+        return recs
 
     def _val_loss(self) -> Tensor:
         """Validation MSE per run [K] (inner order)."""
         if self.net is not None:
             pred, _ = self.net.forward(self.xv, keep=False)  # [K, 1, Nv]
-            return (pred.view(self.k, -1) - self.yv).pow(2).mean(1)
+            return (pred.view(len(self.perm), -1) - self.yv).pow(2).mean(1)
         return (forward(self.model, self.params_inner, self.xv) - self.yv).pow(2).mean(1)
 
     @property

@@ -24,6 +24,7 @@ class BatchedOptimizer:
         self.name = name
         self.flat = flat  # [K, P] parameters (a leaf that may require grad: updated under no_grad)
         self.lr = lr.view(-1, 1)  # [K, 1]
+        self.momenta = momentum.reshape(-1)  # [K], kept for subset()
         # one momentum for every run (the usual case) is a Python float: a scalar multiply is cheaper
         m = momentum.unique()
         self.momentum = float(m[0]) if m.numel() == 1 else momentum.view(-1, 1)
@@ -32,6 +33,14 @@ class BatchedOptimizer:
         self.t = 0
         if name not in ("sgd", "adam", "rmsprop"):
             raise ValueError(f"unknown optimizer {name!r}")
+
+    def subset(self, flat: Tensor, rows: Tensor) -> BatchedOptimizer:
+        """The same optimizer for the runs `rows` only (their state carried over), stepping `flat` [len(rows), P]."""
+        out = BatchedOptimizer(self.name, flat, self.lr.view(-1)[rows], self.momenta[rows])
+        out.state = self.state[rows]
+        out.state2 = self.state2[rows] if self.state2 is not None else None
+        out.t = self.t
+        return out
 
     @torch.no_grad()
     def step(self, g: Tensor, alive: Tensor) -> None:

@@ -225,8 +225,8 @@ def plan_chunks(
     split into at least that many chunks, so no worker sits idle while one trains a single wide job.
 
     Runs differing in batch size cannot share a lockstep job. The 'none' runs get chunks of their own: they
-    end as soon as they diverge (epoch 1 on the tutorial), where in a shared job a frozen run still costs its
-    share of every step. The clipping strategies share one chunk when all their runs fit in it (the engine
+    end as soon as they diverge (epoch 1 on the tutorial); in a shared job they would leave it then too (the
+    engine drops diverged runs), but until then their one-run seed stretches cut its GEMMs to one run each. The clipping strategies share one chunk when all their runs fit in it (the engine
     keeps each strategy's runs in a block that its rule clips as a view, and one K=250 tutorial job took
     ~10% less CPU than two K=125 ones: fewer, wider ops); else each strategy is split apart, so a chunk's
     runs keep whole same-seed blocks (the engine's wide GEMMs need equal-sized ones).

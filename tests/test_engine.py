@@ -259,3 +259,48 @@ def test_compile_falls_back_to_eager_with_a_note_where_it_cannot_compile(monkeyp
         eager = train(runs, device="cpu")
         assert [r.val_loss for r in eng] == [r.val_loss for r in eager[0].records]  # trained, eagerly
     assert "MLP" in engine_mod.compile_unsupported("rnn", {"sgd"}, {"norm"})
+
+
+def _rnn_exploding():
+    """The adding task's RNN, small, with lr 1.0: without clipping, seeds 1 and 2 diverge in epochs 3 and 4
+    (measured), and norm clipping trains."""
+    rnn = PRESETS["adding-rnn"]
+    return replace(rnn, data=replace(rnn.data, n_samples=256), optim=replace(rnn.optim, epochs=6, lr=1.0))
+
+
+COMPACT_CASES = {
+    # one seed: the seed group's width d goes 3 -> 2 when 'none' leaves
+    "tutorial-3way": with_clips(_epochs(TUTORIAL, 6), TUTORIAL_CLIPS),
+    # two seeds, runs interleaved by the caller: 'none' leaves from the middle of the caller's order
+    "tutorial-mixed": with_clips(
+        _epochs(TUTORIAL, 6), [ClipSpec("value", 5.0), ClipSpec("none"), ClipSpec("norm", 1.0)], seeds=(1, 2)
+    ),
+    # stateful rules losing some of their rows (autoclip at the 100th percentile never clips below the max,
+    # zclip at z = 1000 never fires): their histories are cut to the live rows
+    "stateful": with_clips(
+        _epochs(TUTORIAL, 6),
+        [ClipSpec("autoclip", 10.0), ClipSpec("autoclip", 100.0), ClipSpec("zclip", 2.0), ClipSpec("zclip", 1000.0)],
+        seeds=(1, 2),
+    ),
+    "rnn": with_clips(_rnn_exploding(), [ClipSpec("none"), ClipSpec("norm", 1.0)], seeds=(1, 2)),
+}
+
+
+@pytest.mark.parametrize("case", COMPACT_CASES)
+def test_dropping_diverged_runs_changes_no_live_run(case):
+    """Diverged runs leave the batch after the epoch they are reported in; every record of every run, dead
+    or alive, is bit-for-bit the one the batch gives with the frozen runs kept in it (compact=False)."""
+    runs = COMPACT_CASES[case]
+    ds = load_dataset(runs[0].data)
+    eng = Engine(runs, device="cpu", dataset=ds)
+    recs = list(eng)
+    kept = Engine(runs, device="cpu", dataset=ds, compact=False)
+    ref = list(kept)
+    dead = {r.run for r in recs if r.diverged}
+    assert dead and len(dead) < len(runs), "the case must have runs that diverge and runs that do not"
+    assert len(eng.perm) == len(runs) - len(dead) and len(kept.perm) == len(runs)  # it did compact
+    for r in recs + ref:
+        r.wall_time = 0.0
+    assert [r.to_json_dict() for r in recs] == [r.to_json_dict() for r in ref]
+    for a, b in zip(eng.params, kept.params, strict=True):  # a diverged run's parameters as it left
+        assert torch.equal(a, b)
