@@ -111,13 +111,22 @@ def _repeat_seeds() -> None:
     st.session_state.oneoff_seeds, st.session_state.autostart = 5, True
 
 
-train = bar[0].button("Train", key="train", type="primary", icon=":material/play_arrow:", disabled=runs is None,
-                      help="train the selected strategies side by side, as one batched job")  # fmt: skip
+def _train() -> None:
+    # a callback, not the button's return value: a rerun that cuts the click's run short (a tab clicked at once)
+    # used to lose the Train; the request below stands until a job is started from it
+    st.session_state.autostart = True
+    st.session_state.pop("oneoff_seeds", None)  # a plain Train trains the seeds the control says
+
+
+bar[0].button("Train", key="train", type="primary", icon=":material/play_arrow:", disabled=runs is None,
+              on_click=_train, help="train the selected strategies side by side, as one batched job")  # fmt: skip
 start_error = None
-autostart, oneoff = st.session_state.pop("autostart", False), st.session_state.pop("oneoff_seeds", None)
-if (train or autostart) and runs is not None:
+if st.session_state.get("autostart"):
+    oneoff = st.session_state.get("oneoff_seeds")
     try:
-        job_runs = controls.build_runs(values, csv_path, caps, n_seeds=oneoff) if oneoff and not train else runs
+        if runs is None:
+            raise ConfigError("fix the setup first")  # the setup's own error is shown already
+        job_runs = controls.build_runs(values, csv_path, caps, n_seeds=oneoff) if oneoff else runs
         dataset = state.cached_dataset(job_runs[0].data)
         speed = controls.speed_of(st.session_state.get("speed", "20"))
         preset = st.session_state.get("preset", controls.CUSTOM)
@@ -127,7 +136,11 @@ if (train or autostart) and runs is not None:
         state.show_runs(state.pinned_ids())  # pinned runs stay on the charts next to the new job
         st.session_state.url_problems = []
     except ConfigError as exc:
-        start_error = f"Cannot train this setup: {exc}"
+        if runs is not None:
+            start_error = f"Cannot train this setup: {exc}"
+    # the request is spent only now, with no st call since start_job: a cut-short run trains it on the next run
+    st.session_state.pop("autostart")
+    st.session_state.pop("oneoff_seeds", None)
 snap = state.current_snapshot()  # the buttons' one look at the job (the live view takes its own, each poll)
 live = snap is not None and not snap.finished
 bar[1].button("Stop", key="stop", icon=":material/stop:", disabled=not live, on_click=_job_call, args=("stop",),
@@ -215,14 +228,23 @@ def live_status() -> None:
     results = state.display_results(shown_runs(snap))
     with st.container(key="live_status"):  # ONE element: a cut-short rerun cannot leave new progress over old status
         st.html(live_status_html(snap, state.job_number(snap.job_id) if snap else None, results))
-    if snap is not None and snap.finished and any(j.id == snap.job_id for j in st.session_state.jobs):
-        st.rerun(scope="app")  # the job ended: store its runs and switch polling off
+    _rerun_when_ended(snap)
     was_queued, st.session_state.was_queued = (
         st.session_state.get("was_queued"),
         snap is not None and snap.state == "queued",
     )
     if was_queued and not st.session_state.was_queued:
         st.rerun(scope="app")  # the job left the queue: the charts poll at the training pace (state.chart_interval)
+
+
+def _rerun_when_ended(snap) -> None:
+    if snap is not None and snap.finished and any(j.id == snap.job_id for j in st.session_state.jobs):
+        st.rerun(scope="app")  # the job ended: store its runs and switch polling off
+
+
+def watch_jobs() -> None:
+    """While another tab is open: draws nothing, and reruns the page when the job ends (its runs go to History)."""
+    _rerun_when_ended(state.current_snapshot())
 
 
 def live_charts() -> None:
@@ -259,21 +281,19 @@ def live_charts() -> None:
 
 
 # ---- page -----------------------------------------------------------------------------------------
-TABS = {
-    "compare": ":material/monitoring: Compare",
-    "lesson": ":material/school: Lesson",
-    "cliff": ":material/landscape: Cliff",
-    "history": ":material/history: History",
-    "sweep": ":material/tune: Sweep",
-    "export": ":material/download: Export",
-}
+TABS = state.TABS
 # a key so the lesson's 'Try it' can switch to the tab that shows its result (st.session_state.tab = label)
 tab_cmp, tab_lesson, tab_cliff, tab_hist, tab_sweep, tab_export = st.tabs(list(TABS.values()), key="tab",
                                                                           on_change="rerun")  # fmt: skip
-with tab_cmp:
-    active = state.any_active()
-    st.fragment(run_every=state.status_interval() if active else None)(live_status)()
-    st.fragment(run_every=state.chart_interval() if active else None)(live_charts)()
+# only the open tab runs (st.tabs with on_change="rerun" tracks it: `.open`): a rerun used to draw all six, the
+# History table and the Export figures included, and a training class's reruns queued behind each other
+if tab_cmp.open:
+    with tab_cmp, st.container(key="tab_compare"):  # the key: what a test waits for after a click
+        active = state.any_active()
+        st.fragment(run_every=state.status_interval() if active else None)(live_status)()
+        st.fragment(run_every=state.chart_interval() if active else None)(live_charts)()
+elif state.any_active():  # another tab is open: nothing drawn, but a job that ends still goes into History
+    st.fragment(run_every=state.status_interval())(watch_jobs)()
 
 
 def _lesson_target():
@@ -286,29 +306,34 @@ def _lesson_target():
     return ds.y_train_raw, ds.target_name
 
 
-with tab_lesson:
-    lesson.render_lesson(_lesson_target, TABS)
+if tab_lesson.open:
+    with tab_lesson, st.container(key="tab_lesson"):
+        lesson.render_lesson(_lesson_target, TABS)
 
-with tab_cliff:
-    render_cliff(classroom)
+if tab_cliff.open:
+    with tab_cliff, st.container(key="tab_cliff"):
+        render_cliff(classroom)
 
-with tab_hist:
-    render_history()
+if tab_hist.open:
+    with tab_hist, st.container(key="tab_history"):
+        render_history()
 
-with tab_sweep:
-    if runs is None:
-        st.error(md_escape(setup_error) if setup_error else "Fix the setup in the sidebar first.")
-    else:
-        render_sweep(replace(runs[0], clip=ClipSpec("none"), label=""))
+if tab_sweep.open:
+    with tab_sweep, st.container(key="tab_sweep"):
+        if runs is None:
+            st.error(md_escape(setup_error) if setup_error else "Fix the setup in the sidebar first.")
+        else:
+            render_sweep(replace(runs[0], clip=ClipSpec("none"), label=""))
 
-with tab_export:
-    chosen = state.display_results(store.get(state.shown_ids()))
-    figs = {
-        "Loss curves": functools.partial(charts.loss_curves, chosen),
-        "Norm distribution": functools.partial(charts.norm_distribution_grid, chosen),
-        "Per-layer norms": functools.partial(charts.layer_norms, chosen),
-        "Clip rate": functools.partial(charts.clip_rate, chosen),
-        "Value histogram": functools.partial(charts.value_histogram, chosen),
-        "Seed spread": functools.partial(charts.seed_band, chosen),
-    }
-    export.render_export(chosen, figs if chosen else {}, runs)
+if tab_export.open:
+    with tab_export, st.container(key="tab_export"):
+        chosen = state.display_results(store.get(state.shown_ids()))
+        figs = {
+            "Loss curves": functools.partial(charts.loss_curves, chosen),
+            "Norm distribution": functools.partial(charts.norm_distribution_grid, chosen),
+            "Per-layer norms": functools.partial(charts.layer_norms, chosen),
+            "Clip rate": functools.partial(charts.clip_rate, chosen),
+            "Value histogram": functools.partial(charts.value_histogram, chosen),
+            "Seed spread": functools.partial(charts.seed_band, chosen),
+        }
+        export.render_export(chosen, figs if chosen else {}, runs)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
+from clipviz.ui.state import TABS
+
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 JOIN_S = 60  # a bound on one short job's thread, never a stand-in for synchronisation
 
@@ -14,6 +16,12 @@ def open_app(**query) -> AppTest:
     """The app as a fresh browser opens it with `query` in its link."""
     at = AppTest.from_file(APP, default_timeout=30)
     at.query_params.update(query)
+    return at.run()
+
+
+def open_tab(at: AppTest, name: str) -> AppTest:
+    """Switch to a tab, as a click on it does (st.tabs key="tab"): only the open tab's content runs."""
+    at.session_state["tab"] = TABS[name]
     return at.run()
 
 

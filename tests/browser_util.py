@@ -255,8 +255,10 @@ def set_speed(page, label: str, timeout_ms: float = 10_000) -> None:
 
 
 def tab(page, name: str, timeout_ms: float = 15_000) -> None:
-    """Open one of the page's tabs ('Compare', 'History', ...)."""
+    """Open one of the page's tabs ('Compare', 'History', ...) and wait until its content is drawn: only the open
+    tab runs (app.py), so the click starts a rerun, and each tab's content sits in a container keyed tab_<name>."""
     page.get_by_role("tab", name=name).click()
+    page.locator(f".st-key-tab_{name.lower()}").wait_for(state="visible", timeout=timeout_ms)
     wait_idle(page, timeout_ms)
 
 

@@ -16,7 +16,7 @@ from clipviz.config import STRATEGIES, TUTORIAL, Caps, ClipSpec, RunSpec
 from clipviz.jobs import Job
 from clipviz.records import EpochRecord, RunResult, loads
 from clipviz.ui import controls, export
-from tests.app_util import JOIN_S, press_five_seeds
+from tests.app_util import JOIN_S, open_tab, press_five_seeds
 from tests.app_util import assert_ok as _ok
 from tests.app_util import open_app as _app
 
@@ -177,6 +177,22 @@ def test_train_streams_records_into_the_history():
     assert at.session_state["shown_ids"] == store.ids()  # the finished job is on the charts
 
 
+def test_only_the_open_tab_runs_and_a_job_ending_elsewhere_reaches_history():
+    """st.tabs(on_change="rerun"): a rerun draws the open tab alone (it drew all six: History's table and Export's
+    figures on every Train); a job that ends while History is open still lands there."""
+    at = _app()
+    assert not [u for u in at.get("file_uploader") if u.key == "hist_import"]  # History is not drawn
+    assert not [b for b in at.button if b.key == "sw_run"]  # nor is Sweep
+    job = _train(at, epochs=3)
+    open_tab(at, "history")
+    assert [u.key for u in at.get("file_uploader") if u.key == "hist_import"] == ["hist_import"]
+    assert not at.get("plotly_chart")  # the Compare charts are not drawn while History is open
+    assert job.join(JOIN_S)
+    at.run()  # the watcher's poll (AppTest does not fire run_every: a rerun stands in for it)
+    _ok(at)
+    assert [s.result.label for s in at.session_state["store"].get()] == ["none", "value:5", "norm:1"]
+
+
 def _view_title(at: AppTest) -> str:
     """The gradient chart's title (the plotly figure the page was sent)."""
     return json.loads(at.get("plotly_chart")[1].proto.spec)["layout"]["title"]["text"]
@@ -209,7 +225,7 @@ def test_stop_keeps_what_was_trained():
 
 
 def test_lesson_try_it_loads_and_trains():
-    at = _app()
+    at = open_tab(_app(), "lesson")
     at.radio(key="lesson_step").set_value(at.radio(key="lesson_step").options[1]).run()
     at.slider(key="epochs").set_value(2)
     at.select_slider(key="speed").set_value("max")

@@ -9,7 +9,8 @@ from streamlit.testing.v1 import AppTest
 from clipviz.__main__ import base_spec, build_parser
 from clipviz.config import PRESETS, TUTORIAL_CLIPS, Caps, ClipSpec, with_clips
 from clipviz.ui import controls
-from tests.app_util import JOIN_S, press_five_seeds
+from clipviz.ui.state import TABS
+from tests.app_util import JOIN_S, open_tab, press_five_seeds
 from tests.app_util import assert_ok as _ok
 from tests.app_util import open_app as _app
 
@@ -127,7 +128,7 @@ def test_lesson_steps_leave_the_seed_count_alone():
 
     trains = [k for k in range(1, len(STEPS)) if STEPS[k].spec is not None]  # step 1 only loads
     i = max(trains, key=lambda k: (STEPS[k].n_seeds, -k))
-    at = _app()
+    at = open_tab(_app(), "lesson")
     at.radio(key="lesson_step").set_value(at.radio(key="lesson_step").options[i]).run()
     at.button(key=f"try_{i}").click().run()
     _ok(at)
@@ -193,7 +194,7 @@ def test_sweep_open_in_comparison_loads_and_trains_the_point():
     at = _app()
     at.slider(key="epochs").set_value(2)
     at.select_slider(key="speed").set_value("max")
-    at.run()
+    open_tab(at, "sweep")
     # 0.464 and 2.15 sit between the slider grid's points
     at.text_input(key="sw_thresholds").set_value("0.1:10:4").run()
     at.number_input(key="sw_seeds").set_value(1).run()
@@ -207,6 +208,7 @@ def test_sweep_open_in_comparison_loads_and_trains_the_point():
     at.selectbox(key="sw_p_t").set_value(float(thr)).run()
     at.button(key="sw_open").click().run()
     _ok(at)
+    assert at.session_state["tab"] == TABS["compare"]  # the point's job shows where it trains
     assert at.session_state["strategies"] == ["norm"] and at.session_state["thr_norm"] == float(thr)
     job = at.session_state["job"]
     assert job is not None and [r.clip for r in job.runs] == [ClipSpec("norm", float(thr))]
@@ -231,7 +233,7 @@ def test_history_imports_a_cli_results_json_and_rejects_a_bad_one(tmp_path):
     assert (
         main(["run", "--preset", "tutorial", "--epochs", "2", "--clip", "value:5", "--out", str(out), "--quiet"]) == 0
     )
-    at = _app()
+    at = open_tab(_app(), "history")
     at.file_uploader(key="hist_import").upload("results.json", out.read_bytes(), "application/json").run()
     _ok(at)
     stored = at.session_state["store"].get()

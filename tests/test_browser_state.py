@@ -93,6 +93,14 @@ def test_long_session_pins_seeds_history_sweep_export(browser, server):
                 assert _train(page, "repeat_seeds").endswith("done")  # 5 seeds: 15 runs, once
                 # several seeds: one status row per strategy, its diverged count out of 5
                 assert page.locator(bu.STATUS).inner_text().count("/5") == 3, page.locator(bu.STATUS).inner_text()
+            elif i == 8:  # Train, then History at once: the job ends while Compare is not drawn, and lands there
+                bu.set_speed(page, "1")  # 2 epochs at 1 epoch/s: still training when History opens
+                bu.click_button(page, "train", idle=False)
+                bu.tab(page, "History")
+                assert bu.wait_stored(page, 3 * i + 15, timeout_ms=30_000) == 3 * i + 15  # 5 seeds: 15 runs
+                _no_exception(page)
+                bu.tab(page, "Compare")
+                bu.set_speed(page, "max")
             elif i == 12:
                 bu.pick(page, "preset", "diabetes")
                 bu.slider_to(page, "epochs", 0)  # the preset says 100 epochs: 1 keeps the session short

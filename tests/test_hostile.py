@@ -20,7 +20,7 @@ from clipviz.data import load_dataset, read_csv_table
 from clipviz.records import RunResult
 from clipviz.text import MAX_LINE, ZWSP, md_escape, shorten
 from clipviz.ui import controls, export
-from tests.app_util import APP
+from tests.app_util import APP, open_tab
 from tests.app_util import assert_ok as _ok
 from tests.test_app import _errors, _fake_result
 
@@ -244,7 +244,7 @@ def test_a_one_line_10mb_csv_gives_one_short_error_line(tmp_path, capsys):
 
 def test_the_issues_sweep_is_refused_by_arithmetic_on_the_sweep_tab():
     """Item 3: 6 strategies, thresholds 0.001:1e12:5000, 20 seeds, lr axis 0.001:1:100 (2.6 billion runs)."""
-    at = _app()
+    at = open_tab(_app(), "sweep")
     at.multiselect(key="sw_strategies").set_value(["value", "norm", "tensor-norm", "agc", "autoclip", "zclip"])
     at.text_input(key="sw_thresholds").set_value("0.001:1e12:5000")
     at.number_input(key="sw_seeds").set_value(20)

@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 from clipviz.config import TUTORIAL, ClipSpec
 from clipviz.engine import train
 from clipviz.ui import lesson
+from tests.app_util import open_tab
 
 
 def test_lesson_medians_are_what_five_seeds_train():
@@ -39,6 +40,7 @@ def test_lesson_medians_are_what_five_seeds_train():
 def test_every_try_it_switches_to_where_its_result_is():
     at = AppTest.from_file("../app.py", default_timeout=60).run()
     assert not at.exception
+    at = open_tab(at, "lesson")
     options = at.radio(key="lesson_step").options
     for i in (1, len(options) - 1):  # a training step, and the cliff
         at.radio(key="lesson_step").set_value(options[i]).run()
@@ -46,6 +48,7 @@ def test_every_try_it_switches_to_where_its_result_is():
         assert not at.exception
         want = "Compare" if lesson.STEPS[i].shows == "compare" else "Cliff"
         assert at.session_state["tab"].endswith(want)
+        open_tab(at, "lesson")  # back, as a user clicks the Lesson tab again
         job = at.session_state["job"] if "job" in at.session_state else None
         if job is not None:
             job.stop()

@@ -67,6 +67,17 @@ def _threads_configured() -> int:
 STATUS_INTERVAL = 0.5  # s between polls of the progress and status lines (a few lines of text)
 
 
+# the page's tabs: key -> label (st.tabs key="tab" holds the open one's label; the lesson's 'Try it' sets it)
+TABS = {
+    "compare": ":material/monitoring: Compare",
+    "lesson": ":material/school: Lesson",
+    "cliff": ":material/landscape: Cliff",
+    "history": ":material/history: History",
+    "sweep": ":material/tune: Sweep",
+    "export": ":material/download: Export",
+}
+
+
 def status_interval() -> float:
     """Seconds between polls of the progress and status lines: steady, whatever the load (they are cheap)."""
     return STATUS_INTERVAL

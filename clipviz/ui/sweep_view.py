@@ -31,7 +31,7 @@ from clipviz.sweep import (
 from clipviz.sweep_report import dumps, heuristics, to_frame
 from clipviz.text import md_escape, quote
 from clipviz.ui import sweep_charts
-from clipviz.ui.state import session_id
+from clipviz.ui.state import TABS, session_id
 
 UI_CHUNK = 128  # smaller chunks than the CLI's: partial results show sooner, for a little throughput
 _SAME_SCALE = ("value", "norm", "tensor-norm")  # thresholds on a gradient scale share the main range
@@ -110,6 +110,7 @@ def _open_point(spec: RunSpec) -> None:
         st.session_state.sweep_opened = spec
         return
     load_setup(spec, clips=(spec.clip,), n_seeds=1, start=True)
+    st.session_state.tab = TABS["compare"]  # st.tabs(key="tab"): the point's job shows where it trains
     st.session_state.sweep_opened = spec
     st.session_state.sweep_open_rerun = True  # this click reran only the fragment: _point_picker reruns the page
 
