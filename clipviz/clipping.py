@@ -50,7 +50,7 @@ class ClipStats(NamedTuple):
 
     # norms and fractions are float64 from Clipper (the engine path), float32 from make_clipper and the drop-ins
     pre_norm: Tensor  # [K]: global L2 norm over all tensors before clipping
-    tensor_norms: Tensor | None  # [K, L]: per-tensor L2 norm before clipping (None: Clipper(detail=False))
+    tensor_norms: Tensor | None  # [K, L]: per-tensor L2 norm before clipping (None: detail or layer_norms False)
     post_norm: Tensor | None  # [K]: global L2 norm after clipping (None: Clipper(detail=False))
     clipped: Tensor  # [K] bool: the clip changed this run's gradient on this step
     frac_elements: Tensor  # [K]: fraction of gradient elements whose value the clip changed
@@ -281,7 +281,8 @@ class Clipper:
     strategy's run, and every run clips exactly as it would alone. Contiguous groups (the engine makes them
     so) are views of g and their stats are joined by one cat each; others are gathered, clipped and scattered
     back. detail=False skips what only the dashboard draws: the post-clip norm and the per-tensor norms
-    (ClipStats.post_norm and .tensor_norms are then None; tensor-norm still measures its own).
+    (ClipStats.post_norm and .tensor_norms are then None; tensor-norm still measures its own). layer_norms=False
+    skips the per-tensor norms alone (the engine measures them once an epoch, from its histogram buffer).
     """
 
     def __init__(
@@ -292,6 +293,7 @@ class Clipper:
         states: dict | None = None,
         agc_eps: float = 1e-3,
         detail: bool = True,
+        layer_norms: bool = True,
     ):
         unknown = set(strategies) - set(STRATEGIES)
         if unknown:
@@ -299,13 +301,14 @@ class Clipper:
         thr, dev = thresholds.reshape(-1), thresholds.device
         self.layout, self.k, self.detail = layout, len(strategies), detail
         self.strategies, self.thresholds, self.agc_eps = list(strategies), thr, agc_eps  # for subset()
+        self.layer_norms = detail and layer_norms  # ClipStats.tensor_norms measured and returned
         self.groups: list[tuple[slice | Tensor, _Rule]] = []  # (rows, rule) per strategy present, by first row
         for name in sorted(set(strategies), key=list(strategies).index):
             rows = _rows([i for i, s in enumerate(strategies) if s == name], dev)
             rule = RULES[name](thr[rows], layout, state=(states or {}).get(name), agc_eps=agc_eps, detail=detail)
             self.groups.append((rows, rule))
         self.needs_params = any(rule.needs_params for _, rule in self.groups)
-        self.tensor_norms = detail or any(rule.needs_tensor_norms for _, rule in self.groups)
+        self.tensor_norms = self.layer_norms or any(rule.needs_tensor_norms for _, rule in self.groups)
         # every group a slice, in row order: they tile 0..K, so the groups' stats concatenate in place
         self.tiled = all(isinstance(rows, slice) for rows, _ in self.groups)
 
@@ -320,7 +323,8 @@ class Clipper:
                     states[name] = _state_rows(rule.state, torch.tensor(local, device=self.thresholds.device))
         strategies = [self.strategies[i] for i in keep]
         thr = self.thresholds[torch.tensor(list(keep), device=self.thresholds.device)]
-        return Clipper(strategies, thr, self.layout, states, agc_eps=self.agc_eps, detail=self.detail)
+        kw = dict(agc_eps=self.agc_eps, detail=self.detail, layer_norms=self.layer_norms)
+        return Clipper(strategies, thr, self.layout, states, **kw)
 
     @torch.no_grad()
     def __call__(self, g: Tensor, w: Tensor | None = None) -> ClipStats:
@@ -331,7 +335,7 @@ class Clipper:
         tn = self.layout.tensor_norms(g) if self.tensor_norms else None  # [K, L] float64
         if len(self.groups) == 1:  # one strategy: its rule on the whole buffer
             post, clipped, frac = self.groups[0][1](g, w, gn, tn)
-            return ClipStats(gn, tn if self.detail else None, post, clipped, frac)
+            return ClipStats(gn, tn if self.layer_norms else None, post, clipped, frac)
         outs = []
         for rows, rule in self.groups:
             gs = g[rows]  # a view for a slice, a copy for an index
@@ -348,7 +352,7 @@ class Clipper:
                 clipped[rows], frac[rows] = c, f
                 if post is not None:
                     post[rows] = p
-        return ClipStats(gn, tn if self.detail else None, post, clipped, frac)  # float64: read back as such
+        return ClipStats(gn, tn if self.layer_norms else None, post, clipped, frac)  # float64: read back as such
 
 
 # each stateful rule's per-run tensors (first dimension K); everything else in its state is shared by its runs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from dataclasses import replace
@@ -14,7 +15,7 @@ import torch
 from clipviz.config import PRESETS, TUTORIAL, TUTORIAL_CLIPS, ClipSpec, ConfigError, ModelSpec, OptimSpec, with_clips
 from clipviz.data import load_dataset
 from clipviz.engine import Engine, train
-from clipviz.records import VALUE_EDGES
+from clipviz.records import VALUE_EDGES, group_records
 from clipviz.reference import train_reference
 
 
@@ -188,6 +189,10 @@ def test_recording_off_gives_same_losses():
             np.testing.assert_array_equal(ea.grad_norm_pre, ed.grad_norm_pre)
             assert (ea.clip_rate, ea.elem_clip_frac) == (ed.clip_rate, ed.elem_clip_frac)
             assert ea.grad_norm_post and ea.layer_norms and not ed.grad_norm_post and not ed.layer_norms
+            # per-tensor norms: from the histogram buffer once an epoch (a), or measured every step (c): the same bits
+            assert list(ea.layer_norms) == list(ec.layer_norms)
+            np.testing.assert_array_equal(list(ea.layer_norms.values()), list(ec.layer_norms.values()))
+            np.testing.assert_array_equal(ea.grad_norm_post, ec.grad_norm_post)
         assert a.records[0].value_hist_pre and not c.records[0].value_hist_pre
 
 
@@ -304,3 +309,20 @@ def test_dropping_diverged_runs_changes_no_live_run(case):
     assert [r.to_json_dict() for r in recs] == [r.to_json_dict() for r in ref]
     for a, b in zip(eng.params, kept.params, strict=True):  # a diverged run's parameters as it left
         assert torch.equal(a, b)
+
+
+def test_histogram_buffer_size_changes_no_record(monkeypatch):
+    """Gradients binned (and their per-tensor norms measured) a few steps at a time, not the epoch at once:
+    every record is the same, bit for bit."""
+    from clipviz import engine as engine_mod
+
+    runs = with_clips(_epochs(TUTORIAL, 2), TUTORIAL_CLIPS)
+    whole = train(runs, device="cpu")
+    monkeypatch.setattr(engine_mod, "HIST_CHUNK", 3 * 3 * 551 + 1)  # 3 steps of 3 runs x 551 parameters
+    eng = Engine(runs, device="cpu")
+    assert eng.hist_buf.shape[1] == 3 < eng.steps_per_epoch
+    chunked = group_records(runs, list(eng))
+    for a, b in zip(whole, chunked, strict=True):
+        for r in a.records + b.records:
+            r.wall_time = 0.0
+        assert [json.dumps(r.to_json_dict()) for r in a.records] == [json.dumps(r.to_json_dict()) for r in b.records]
