@@ -109,12 +109,15 @@ class Layout:
 # ---- the rules, each on the flat buffer: a factor per run / tensor / unit, or a clamp ------------
 # Each takes the measured float64 norms and returns (factor, hit): hit marks what the rule changed.
 def clip_by_value(g: Tensor, c: Tensor, neg_c: Tensor | None = None) -> Tensor:
-    """g_j <- clamp(g_j, -c, c) elementwise, one c per run ([K, 1], inf = off); returns elements changed [K].
+    """g_j <- clamp(g_j, -c, c) elementwise, one c per run ([K, 1], inf = off); returns elements changed [K]
+    (float32 counts, exact below 2^24 elements a run).
 
     Non-finite: +-inf become +-c and NaN stays NaN (torch.clamp), so NaN does not count as clipped.
     References: Mikolov (2012), PhD thesis; `torch.nn.utils.clip_grad_value_`, Keras `clipvalue`.
     """
-    n_out = (g.abs() > c).sum(1)  # [K]
+    # |g| > c as 1.0 / 0.0 in place of |g| (NaN > c is false): a bool result and its sum took 3x longer here,
+    # measured 134 vs 42 us at K=250 on the tutorial
+    n_out = g.abs().gt_(c).sum(1)  # [K]
     # = g.clamp_(-c, c), the same bits (NaN stays NaN, +-inf -> +-c): clamp_ with per-run tensor bounds takes a
     # slow broadcast path, measured 7x slower here at K=125 than two in-place minimum/maximum
     torch.minimum(g, c, out=g)

@@ -43,9 +43,11 @@ class BatchedOptimizer:
         return out
 
     @torch.no_grad()
-    def step(self, g: Tensor, alive: Tensor) -> None:
-        """One update with gradient g [K, P]; runs with alive False keep their parameters (g must be finite there)."""
-        p, lr = self.flat, self.lr * alive.unsqueeze(1)  # [K, 1]: 0 for a frozen run
+    def step(self, g: Tensor, alive: Tensor | None) -> None:
+        """One update with gradient g [K, P]; runs with alive False keep their parameters (g must be finite there).
+        alive None: every run steps."""
+        p = self.flat
+        lr = self.lr if alive is None else self.lr * alive.unsqueeze(1)  # [K, 1]: 0 for a frozen run
         if self.name == "sgd":
             # torch.optim.SGD: buf = m*buf + g (buf starts as g, equal to 0*m + g); p -= lr*buf
             buf = self.state.mul_(self.momentum).add_(g)
