@@ -30,7 +30,7 @@ from .cost import HIST_CHUNK, DataShape, check_runs
 from .data import Dataset, load_dataset
 from .engine_support import N_VALUE_BINS as _N_VALUE_BINS
 from .engine_support import compile_unsupported, read_back, reuse_freed_memory, value_bins  # noqa: F401
-from .grouped import GroupedMLP
+from .grouped import GroupedMLP, keeps_bits
 from .models import forward, init_params, param_names
 from .optim import make_optimizer
 from .records import EpochRecord, RunResult, group_records
@@ -158,16 +158,21 @@ class Engine:
         # frozen, as before; the tests compare both); their last parameters are kept for `params`
         self.compact = compact
         self.frozen: dict[int, Tensor] = {}  # caller's index -> a diverged run's parameters [P], once compacted
+        self._refused: list[int] | None = None  # the live runs of the last compaction refused (bits would change)
         # a step's numbers in the epoch's table: loss, finite, then (recording) pre, clipped, frac, (detail) post
         self.n_scalars = 2 + (3 if record else 0) + (1 if self.detail else 0)
         # optional torch.compile (off by default: the dashboard never waits on a compile)
         self._setup_compile(compile)
 
+    @staticmethod
+    def _group_width(inner: list[RunSpec]) -> int:
+        """d: the gcd of the same-seed stretches of these runs (in inner order), so all seed groups are one size."""
+        return math.gcd(*(len(list(g)) for _, g in itertools.groupby(r.seed for r in inner)))
+
     def _seed_groups(self) -> None:
-        """The inner runs' seed groups: G groups of d runs with one seed each (d = gcd of the same-seed
-        stretches, so all groups are one size), and each group's and run's row of the epoch's order table."""
-        stretches = [len(list(g)) for _, g in itertools.groupby(r.seed for r in self.inner)]
-        d = math.gcd(*stretches)
+        """The inner runs' seed groups: G groups of d runs with one seed each, and each group's and run's row
+        of the epoch's order table."""
+        d = self._group_width(self.inner)
         self.n_groups = len(self.inner) // d
         group_seed = [self.seeds.index(self.inner[g * d].seed) for g in range(self.n_groups)]
         self.group_seed = torch.tensor(group_seed, device=self.device)  # [G] row of the epoch's order table
@@ -196,6 +201,13 @@ class Engine:
         keep = [i for i, d in enumerate(div) if d < 0]
         if not self.compact or self._compiling or len(keep) == len(self.perm) or not keep:
             return
+        if self.net is not None:  # the MLP's wide GEMMs change shape: only where that changes no live run's bits
+            d_old, d_new = len(self.perm) // self.n_groups, self._group_width([self.inner[i] for i in keep])
+            batches = sorted({self.batch, self.n - (self.steps_per_epoch - 1) * self.batch})
+            args = (self.model.activation, self.layout, d_old, d_new, keep, len(self.perm), batches, self.xv)
+            if keep == self._refused or not keeps_bits(*args):
+                self._refused = keep  # checked once per set of live runs
+                return
         flat = self.flat.detach()
         for i, r in enumerate(self.perm):
             if div[i] >= 0:
@@ -418,8 +430,7 @@ class Engine:
     def _val_loss(self) -> Tensor:
         """Validation MSE per run [K] (inner order)."""
         if self.net is not None:
-            pred, _ = self.net.forward(self.xv, keep=False)  # [K, 1, Nv]
-            return (pred.view(len(self.perm), -1) - self.yv).pow(2).mean(1)
+            return self.net.val_loss(self.xv, self.yv)
         return (forward(self.model, self.params_inner, self.xv) - self.yv).pow(2).mean(1)
 
     @property
