@@ -163,7 +163,10 @@ class WorkerPool:
             self._closed = True
             workers = list(self.workers)
         for w in workers:
-            w.deliver(("exit",))
+            if w.ready.is_set():
+                w.deliver(("exit",))
+            else:  # still importing torch (a replacement started as the server is being stopped): it holds nothing
+                w.proc.kill()  # and would read 'exit' only after the import (seen: 4.7 s of every server's stop)
         self._wake_w.send_bytes(b"x")
         deadline = time.monotonic() + timeout
         for w in workers:
