@@ -2,8 +2,8 @@
 Export) with no exception box; Pause -> Step; dropdowns in links; presets without console 404s; the Data expander;
 the empty state; and History that survives a reload and a server restart, private to each browser.
 
-Shares the session's server and Chromium (tests/conftest.py) except the restart test, which starts its own pair of
-servers on one data folder. Jobs train 2 epochs (`?epochs=2`) at full speed, so the long session stays short.
+Shares the session's server and Chromium (tests/conftest.py); the restart test starts a second server on the
+session server's data folder. Jobs train 2 epochs (`?epochs=2`) at full speed, so the long session stays short.
 """
 
 from __future__ import annotations
@@ -252,30 +252,32 @@ def test_links_keep_dropdowns_presets_keep_the_data_expander_and_no_404(browser,
         _no_exception(page)
 
 
-def test_history_survives_reload_and_restart_and_stays_private(browser, tmp_path):
-    env = {"CLIPVIZ_DATA_DIR": str(tmp_path / "data")}
+def test_history_survives_reload_and_restart_and_stays_private(browser, server, tmp_path):
+    """Runs kept across a reload and a server restart, private to each browser. The restarted server is a new
+    process on the session server's data folder (CLIPVIZ_DATA_DIR, tests/conftest.py): nothing it shows can
+    come from the first one's memory; the first one keeps serving the other tests, so only one server starts."""
     a = browser.new_context(viewport=VIEWPORT)
     b = browser.new_context(viewport=VIEWPORT)
     try:
-        with bu.streamlit_server(tmp_path / "first.log", env=env) as srv:
-            pa = a.new_page()
-            bu.open_app(pa, f"{srv.url}/?epochs=2", timeout_ms=60_000)
-            bu.set_speed(pa, "max")
-            _train(pa)
-            _train(pa)
-            bu.tab(pa, "History")
-            assert bu.wait_stored(pa, 6) == 6
-            bu.history_click(pa, 2, "pin")
-            pa.reload()
-            bu.open_app(pa, f"{srv.url}/?epochs=2")
-            assert _labels(pa) == ["none", "value:5", "norm:1"]  # a reload shows the last job again
-            bu.tab(pa, "History")
-            assert bu.wait_stored(pa, 6) == 6
-            pb = b.new_page()
-            bu.open_app(pb, f"{srv.url}/?epochs=2")
-            bu.tab(pb, "History")
-            assert bu.wait_stored(pb, 0) == 0 and pb.get_by_text("No runs stored yet").count() == 1
-        with bu.streamlit_server(tmp_path / "second.log", env=env) as srv:  # the server restarts
+        srv = server
+        pa = a.new_page()
+        bu.open_app(pa, f"{srv.url}/?epochs=2", timeout_ms=60_000)
+        bu.set_speed(pa, "max")
+        _train(pa)
+        _train(pa)
+        bu.tab(pa, "History")
+        assert bu.wait_stored(pa, 6) == 6
+        bu.history_click(pa, 2, "pin")
+        pa.reload()
+        bu.open_app(pa, f"{srv.url}/?epochs=2")
+        assert _labels(pa) == ["none", "value:5", "norm:1"]  # a reload shows the last job again
+        bu.tab(pa, "History")
+        assert bu.wait_stored(pa, 6) == 6
+        pb = b.new_page()
+        bu.open_app(pb, f"{srv.url}/?epochs=2")
+        bu.tab(pb, "History")
+        assert bu.wait_stored(pb, 0) == 0 and pb.get_by_text("No runs stored yet").count() == 1
+        with bu.streamlit_server(tmp_path / "restarted.log") as srv:  # the server restarts
             bu.open_app(pa, f"{srv.url}/?epochs=2", timeout_ms=60_000)
             bu.tab(pa, "History")
             assert bu.wait_stored(pa, 6) == 6
