@@ -126,19 +126,6 @@ def group_records(specs: list[RunSpec], records: list[EpochRecord]) -> list[RunR
     return results
 
 
-def norm_histogram(values: list[float] | np.ndarray) -> dict[str, Any]:
-    """Counts of gradient norms on NORM_EDGES: {"counts", "below", "above", "nonfinite"}."""
-    v = np.asarray(values, dtype=float)
-    finite = v[np.isfinite(v)]
-    counts, _ = np.histogram(finite, bins=NORM_EDGES)
-    return {
-        "counts": counts.tolist(),
-        "below": int((finite < NORM_EDGES[0]).sum()),
-        "above": int((finite > NORM_EDGES[-1]).sum()),
-        "nonfinite": int((~np.isfinite(v)).sum()),
-    }
-
-
 # a norm within this distance of the clip threshold c counts as "= c": global-norm clipping leaves
 # c * g / (g + 1e-6), i.e. c minus at most 1e-6 (clip_grad_norm_'s epsilon), and float32 rounds it by ~1e-7 * c
 _AT_C_ABS, _AT_C_REL = 1e-6, 1e-6
