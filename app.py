@@ -224,7 +224,7 @@ def gradient_chart(results, view: str, post: bool) -> None:
 def live_status() -> None:
     """Progress and one status line per run, from one snapshot. Cheap text (a few ms of server CPU), so it
     polls at a steady pace (state.status_interval) while the charts redraw at their own, load-dependent one."""
-    snap = state.current_snapshot()
+    snap = state.snapshot_after_start()  # after a Train: its first epoch, not 'epoch 0' until a later poll
     results = state.display_results(shown_runs(snap))
     with st.container(key="live_status"):  # ONE element: a cut-short rerun cannot leave new progress over old status
         st.html(live_status_html(snap, state.job_number(snap.job_id) if snap else None, results))

@@ -193,6 +193,17 @@ def test_only_the_open_tab_runs_and_a_job_ending_elsewhere_reaches_history():
     assert [s.result.label for s in at.session_state["store"].get()] == ["none", "value:5", "norm:1"]
 
 
+def test_the_page_a_train_draws_shows_its_first_epoch():
+    """The run a click on Train starts waits (<= FIRST_EPOCH_WAIT_S) for the job's first epoch: the page said
+    'epoch 0' until a later poll, and on a busy server that poll came seconds later (issue 11)."""
+    at = _app()
+    job = _train(at, epochs=50, speed="2")  # paced: epoch 2 comes 0.5 s after epoch 1, so the page shows exactly 1
+    status = " ".join(h.value for h in at.html)
+    assert "epoch 1/50 · running" in status, status
+    job.stop()
+    assert job.join(JOIN_S)
+
+
 def _view_title(at: AppTest) -> str:
     """The gradient chart's title (the plotly figure the page was sent)."""
     return json.loads(at.get("plotly_chart")[1].proto.spec)["layout"]["title"]["text"]

@@ -196,7 +196,30 @@ def start_job(runs: list[RunSpec], device: str, speed: float | None, dataset=Non
     st.session_state.job_number[job.id] = number
     st.session_state.job_error = None
     st.session_state.hold = False  # the new job plays: the Pause button reads Pause
+    st.session_state.await_first_epoch = job.id  # the live view's next look waits for epoch 1 (snapshot_after_start)
     return job
+
+
+# the run a Train starts waits this long at most for the job's first epoch, so the page the click draws shows it
+# (and the first point of each curve): the next poll may come seconds later on a busy server, where Streamlit
+# holds a session's polls behind its other runs (issue 11: 'first epoch on screen' took 2.5-6.6 s with 4 pages)
+FIRST_EPOCH_WAIT_S = 0.5
+
+
+def snapshot_after_start() -> JobSnapshot | None:
+    """The current job's snapshot; in the run right after start_job, once its first epoch is in (or it is queued,
+    paused, ended, or FIRST_EPOCH_WAIT_S has passed)."""
+    job = st.session_state.get("job")
+    if job is None:
+        return None
+    if st.session_state.pop("await_first_epoch", None) != job.id:
+        return job.snapshot()
+    try:
+        return job.wait_until(
+            lambda s: s.epoch >= 1 or s.finished or s.state in ("queued", "paused"), FIRST_EPOCH_WAIT_S
+        )
+    except TimeoutError:  # a slow start: the page shows epoch 0 and the polls take over
+        return job.snapshot()
 
 
 def job_number(job_id: int) -> int | None:
