@@ -118,6 +118,11 @@ def _train() -> None:
     st.session_state.pop("oneoff_seeds", None)  # a plain Train trains the seeds the control says
 
 
+def _spend_train_request() -> None:
+    st.session_state.pop("autostart", None)
+    st.session_state.pop("oneoff_seeds", None)
+
+
 bar[0].button("Train", key="train", type="primary", icon=":material/play_arrow:", disabled=runs is None,
               on_click=_train, help="train the selected strategies side by side, as one batched job")  # fmt: skip
 start_error = None
@@ -138,9 +143,12 @@ if st.session_state.get("autostart"):
     except ConfigError as exc:
         if runs is not None:
             start_error = f"Cannot train this setup: {exc}"
-    # the request is spent only now, with no st call since start_job: a cut-short run trains it on the next run
-    st.session_state.pop("autostart")
-    st.session_state.pop("oneoff_seeds", None)
+    except Exception:  # a bug, not a setup: spend the request, or every rerun would raise it again
+        _spend_train_request()
+        raise
+    # spent only now, with no st call since start_job: a run cut short by a rerun (Streamlit's control
+    # exceptions are BaseExceptions, not caught above) leaves the request for the next run, which trains it
+    _spend_train_request()
 snap = state.current_snapshot()  # the buttons' one look at the job (the live view takes its own, each poll)
 live = snap is not None and not snap.finished
 bar[1].button("Stop", key="stop", icon=":material/stop:", disabled=not live, on_click=_job_call, args=("stop",),
