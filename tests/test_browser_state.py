@@ -127,8 +127,17 @@ def test_long_session_pins_seeds_history_sweep_export(browser, server):
         bu.tab(page, "History")
         assert bu.wait_stored(page, 3 * 29 + 15) == 3 * 29 + 15
         _no_exception(page)
-        bu.click_button(page, "show_pinned")  # the three pinned runs, kept through every later Train
+        # the three pinned runs, kept through every later Train. Wait for the run the click starts: a tab clicked
+        # before it began stopped it (Streamlit's fastReruns) and the press was lost (seen in CI)
+        bu.after_rerun(page, page.locator(".st-key-show_pinned button:visible").click)
         bu.tab(page, "Compare")
+        with contextlib.suppress(Exception):  # playwright's TimeoutError: the assertion says what the page shows
+            page.wait_for_function(  # the status lines of the three pinned runs (CI once read them mid-rerun)
+                "sel => (document.querySelector(sel)?.innerText || '').split('\\n')"
+                ".filter(l => l.startsWith('norm:1')).length === 3",
+                arg=bu.STATUS,
+                timeout=15_000,
+            )
         assert len(_labels(page)) == 3 and all(k.startswith("norm:1") for k in _labels(page)), _labels(page)
         _no_exception(page)
 
