@@ -93,9 +93,14 @@ def test_long_session_pins_seeds_history_sweep_export(browser, server):
                 assert _train(page, "repeat_seeds").endswith("done")  # 5 seeds: 15 runs, once
                 # several seeds: one status row per strategy, its diverged count out of 5
                 assert page.locator(bu.STATUS).inner_text().count("/5") == 3, page.locator(bu.STATUS).inner_text()
-            elif i == 8:  # Train, then History at once: the job ends while Compare is not drawn, and lands there
+            elif i == 8:  # Train, then History: the job ends while Compare is not drawn, and lands there
                 bu.set_speed(page, "1")  # 2 epochs at 1 epoch/s: still training when History opens
+                number = bu.job_shown(page) + 1
                 bu.click_button(page, "train", idle=False)
+                # the job is running before the tab click: a click that reaches the server before the Train
+                # run has started can drop the Train (Streamlit's fastReruns; see app.py's _train)
+                page.wait_for_function("([sel, n]) => (document.querySelector(sel)?.textContent || '')"
+                                       ".includes(`job ${n} · epoch`)", arg=[bu.PROGRESS, number], timeout=30_000)  # fmt: skip
                 bu.tab(page, "History")
                 assert bu.wait_stored(page, 3 * i + 15, timeout_ms=30_000) == 3 * i + 15  # 5 seeds: 15 runs
                 _no_exception(page)
