@@ -79,14 +79,13 @@ class GroupedMLP:
         self.wo, self.bo = ws[-2], ws[-1].unsqueeze(-1)  # [K, 1, H], [K, 1, 1]
         self.wo_t = self.wo.transpose(1, 2)  # [K, H, 1]
 
-    def forward(self, x: Tensor, keep: bool = True) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
-        """Predictions [K, 1, B] and each hidden layer's (pre-activation, activation), [K, H, B] each.
+    def forward(self, x: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """Predictions [K, 1, B] and each hidden layer's (pre-activation, activation), [K, H, B] each, kept for
+        the backward pass (validation, which keeps nothing, is val_loss).
 
-        x: [G, B, in+1] rows per group, or [B, in+1] rows shared by all runs. keep=False (validation): the
-        activations are applied in place and nothing is kept (the list comes back empty).
+        x: [G, B, in+1] rows per group, or [B, in+1] rows shared by all runs.
         """
-        act = self.act if keep else self.act_inplace
-        g, k = self.g, self.g * self.d
+        act, g, k = self.act, self.g, self.g * self.d
         # one copy into GEMM layout: flat holds each run's weights in a row of P, not as a [d*H, in] block
         self.w1_w.copy_(self.ws[0])
         self.w1_b.copy_(self.ws[1])
@@ -96,12 +95,10 @@ class GroupedMLP:
             z = torch.bmm(self.w1.view(g, -1, self.n_in + 1), x.transpose(1, 2)).view(k, self.h, -1)
         saved, a = [], act(z)
         for w, b in self.hidden:
-            if keep:
-                saved.append((z, a))
+            saved.append((z, a))
             z = torch.baddbmm(b, w, a)
             a = act(z)
-        if keep:
-            saved.append((z, a))
+        saved.append((z, a))
         return torch.baddbmm(self.bo, self.wo, a), saved
 
     def val_loss(self, x: Tensor, y: Tensor) -> Tensor:
