@@ -129,20 +129,17 @@ start_error = None
 if st.session_state.get("autostart"):
     oneoff = st.session_state.get("oneoff_seeds")
     try:
-        if runs is None:
-            raise ConfigError("fix the setup first")  # the setup's own error is shown already
-        job_runs = controls.build_runs(values, csv_path, caps, n_seeds=oneoff) if oneoff else runs
-        dataset = state.cached_dataset(job_runs[0].data)
-        speed = controls.speed_of(st.session_state.get("speed", "20"))
-        preset = st.session_state.get("preset", controls.CUSTOM)
-        state.start_job(
-            job_runs, controls.device_of(values), speed, dataset, preset="" if preset == controls.CUSTOM else preset
-        )
-        state.show_runs(state.pinned_ids())  # pinned runs stay on the charts next to the new job
-        st.session_state.url_problems = []
+        if runs is not None:  # else nothing to train: the setup's own error is shown already
+            job_runs = controls.build_runs(values, csv_path, caps, n_seeds=oneoff) if oneoff else runs
+            dataset = state.cached_dataset(job_runs[0].data)
+            speed = controls.speed_of(st.session_state.get("speed", "20"))
+            preset = st.session_state.get("preset", controls.CUSTOM)
+            state.start_job(job_runs, controls.device_of(values), speed, dataset,
+                            preset="" if preset == controls.CUSTOM else preset)  # fmt: skip
+            state.show_runs(state.pinned_ids())  # pinned runs stay on the charts next to the new job
+            st.session_state.url_problems = []
     except ConfigError as exc:
-        if runs is not None:
-            start_error = f"Cannot train this setup: {exc}"
+        start_error = f"Cannot train this setup: {exc}"
     except Exception:  # a bug, not a setup: spend the request, or every rerun would raise it again
         _spend_train_request()
         raise
